@@ -1,0 +1,175 @@
+"""``rationales.jsonl``: the one schema that the distiller and the synthetic generator write and
+training reads.
+
+One JSON object per line::
+
+    {"participant_id": "302", "item_index": 3, "item_name": "Sleep", "label": 2,
+     "rationale": "<the text after 'Evaluation Reason:', without the prefix>",
+     "teacher": "gpt-4o", "prompt_version": "table1-v1"}
+
+A key ``(participant_id, item_index)`` appears once. Failures go to ``rationales.failures.jsonl``
+beside it, never into ``rationales.jsonl``. Appends are line-atomic (one ``write`` of a whole line,
+flushed and fsynced), so a killed run loses at most the line being written and a resumed run
+appends only missing keys.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+REQUIRED_FIELDS = ("participant_id", "item_index", "item_name", "label", "rationale", "teacher", "prompt_version")
+REASON_PREFIX = "Evaluation Reason:"
+
+
+@dataclass(frozen=True)
+class Rationale:
+    participant_id: str
+    item_index: int
+    item_name: str
+    label: int
+    rationale: str
+    teacher: str
+    prompt_version: str
+
+    @property
+    def key(self) -> tuple[str, int]:
+        return (self.participant_id, self.item_index)
+
+    @classmethod
+    def from_dict(cls, record: dict[str, Any], where: str = "record") -> Rationale:
+        """Validates one record; errors name the place (file:line) and the field."""
+        missing = [name for name in REQUIRED_FIELDS if name not in record]
+        if missing:
+            raise ValueError(f"{where}: missing field(s) {missing}")
+        participant_id = record["participant_id"]
+        if not isinstance(participant_id, str) or not participant_id:
+            raise ValueError(f"{where}: participant_id must be a non-empty string, got {participant_id!r}")
+        item_index = record["item_index"]
+        if isinstance(item_index, bool) or not isinstance(item_index, int) or not 1 <= item_index <= 9:
+            raise ValueError(f"{where}: item_index must be an integer 1-9, got {item_index!r}")
+        label = record["label"]
+        if isinstance(label, bool) or not isinstance(label, int) or not 0 <= label <= 3:
+            raise ValueError(f"{where}: label must be an integer 0-3, got {label!r}")
+        rationale = record["rationale"]
+        if not isinstance(rationale, str) or not rationale.strip():
+            raise ValueError(f"{where}: rationale must be a non-empty string")
+        if rationale.lstrip().startswith(REASON_PREFIX):
+            raise ValueError(f"{where}: rationale must not start with {REASON_PREFIX!r} (store the text after it)")
+        for name in ("item_name", "teacher", "prompt_version"):
+            if not isinstance(record[name], str) or not record[name]:
+                raise ValueError(f"{where}: {name} must be a non-empty string")
+        return cls(**{name: record[name] for name in REQUIRED_FIELDS})
+
+
+def failures_path(path: str | Path) -> Path:
+    """``rationales.jsonl`` -> ``rationales.failures.jsonl`` (beside it)."""
+    path = Path(path)
+    stem = path.name[: -len(".jsonl")] if path.name.endswith(".jsonl") else path.name
+    return path.with_name(stem + ".failures.jsonl")
+
+
+def iter_rationales(path: str | Path) -> Iterator[Rationale]:
+    """Reads and validates every line; a torn last line (a killed writer) is ignored, anything
+    else malformed raises naming file and line."""
+    path = Path(path)
+    with path.open("r", encoding="utf-8") as handle:
+        lines = handle.readlines()
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            if number == len(lines) and not line.endswith("\n"):
+                return  # the line a killed run was writing
+            raise ValueError(f"{where}: not valid JSON ({error})") from None
+        yield Rationale.from_dict(record, where)
+
+
+def load_rationales(path: str | Path) -> dict[tuple[str, int], Rationale]:
+    """All records keyed by ``(participant_id, item_index)``; a duplicated key is an error."""
+    records: dict[tuple[str, int], Rationale] = {}
+    for record in iter_rationales(path):
+        if record.key in records:
+            raise ValueError(f"{path}: key {record.key} appears more than once")
+        records[record.key] = record
+    return records
+
+
+def _append_line(path: Path, record: dict[str, Any]) -> None:
+    line = json.dumps(record, ensure_ascii=False) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Repair a torn last line before appending, so the new record starts on a line of its own.
+    if path.exists() and path.stat().st_size:
+        with path.open("rb") as handle:
+            handle.seek(-1, os.SEEK_END)
+            torn = handle.read(1) != b"\n"
+        if torn:
+            _truncate_torn_tail(path)
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write(line)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _truncate_torn_tail(path: Path) -> None:
+    data = path.read_bytes()
+    keep = data.rfind(b"\n") + 1
+    with path.open("r+b") as handle:
+        handle.truncate(keep)
+
+
+class RationaleWriter:
+    """Appends records to ``rationales.jsonl`` (and failures beside it), skipping keys already there.
+
+    >>> writer = RationaleWriter("out/rationales.jsonl")
+    >>> writer.has("302", 3)
+    >>> writer.write(Rationale(...))
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.failures = failures_path(self.path)
+        self.done: set[tuple[str, int]] = set(load_rationales(self.path)) if self.path.exists() else set()
+
+    def has(self, participant_id: str, item_index: int) -> bool:
+        return (participant_id, item_index) in self.done
+
+    def write(self, record: Rationale | dict[str, Any]) -> bool:
+        """Appends one valid record; returns False (writes nothing) when its key is already there."""
+        if not isinstance(record, Rationale):
+            record = Rationale.from_dict(dict(record))
+        if record.key in self.done:
+            return False
+        _append_line(self.path, asdict(record))
+        self.done.add(record.key)
+        return True
+
+    def write_failure(self, participant_id: str, item_index: int, reason: str, **extra: Any) -> None:
+        """Records a failure in ``rationales.failures.jsonl`` (never in ``rationales.jsonl``)."""
+        _append_line(
+            self.failures, {"participant_id": participant_id, "item_index": item_index, "reason": reason, **extra}
+        )
+
+
+def write_rationales(path: str | Path, records: Iterable[Rationale | dict[str, Any]]) -> int:
+    """Appends ``records`` (skipping existing keys); returns how many were written."""
+    writer = RationaleWriter(path)
+    return sum(writer.write(record) for record in records)
+
+
+__all__ = [
+    "Rationale",
+    "RationaleWriter",
+    "REQUIRED_FIELDS",
+    "failures_path",
+    "iter_rationales",
+    "load_rationales",
+    "write_rationales",
+]
