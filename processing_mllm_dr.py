@@ -329,7 +329,7 @@ class MllmDrProcessor(ProcessorMixin):
             if array.ndim != 2 or array.shape[1] != dim:
                 raise ValueError(f"{field}[{i}]: expected shape (frames, {dim}), got {tuple(array.shape)}")
             array = apply_frame_policy(array, policy, max_frames, self.truncate_frames, self.pool_size)
-            array = np.asarray(array, dtype=np.float32)
+            array = np.array(array, dtype=np.float32)  # a writable float32 copy (inputs may be read-only memmaps)
             if not np.isfinite(array).all():
                 bad = int((~np.isfinite(array)).any(axis=1).sum())
                 raise ValueError(f"{field}[{i}]: {bad} frame(s) contain NaN or inf")

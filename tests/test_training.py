@@ -1,0 +1,323 @@
+"""Issue 4: two-stage training on the Trainer (tiny random backbone, tiny prepared corpus)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import ROOT
+from safetensors.torch import load_file
+from training_fixtures import TINY_OVERRIDES, make_prepared_corpus
+
+import train
+from mllm_dr_training import (
+    MllmDrCollator,
+    MllmDrTrainer,
+    apply_lora,
+    load_adapter_export,
+    loss_weights,
+    trainable_state,
+)
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory) -> Path:
+    return make_prepared_corpus(tmp_path_factory.mktemp("corpus"))
+
+
+def common_args(data: Path, steps: int = 4, **extra: str) -> list[str]:
+    args = {
+        "--data_dir": str(data),
+        "--dataset_format": "prepared",
+        "--model_overrides": TINY_OVERRIDES,
+        "--per_device_train_batch_size": "2",
+        "--per_device_eval_batch_size": "4",
+        "--max_steps": str(steps),
+        "--use_cpu": "true",
+        "--report_to": "none",
+        "--logging_steps": "1",
+        "--max_transcript_tokens": "32",
+        "--disable_tqdm": "true",
+        "--seed": "7",
+    }
+    args.update(extra)
+    return [item for pair in args.items() for item in pair]
+
+
+@pytest.fixture(scope="module")
+def stage1(tmp_path_factory, backbone_dir, corpus) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "s1"
+    train.main(["--stage", "1", "--backbone", str(backbone_dir), "--output_dir", str(out), *common_args(corpus)])
+    return out
+
+
+@pytest.fixture(scope="module")
+def stage2(tmp_path_factory, stage1, corpus) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "s2"
+    train.main(["--stage", "2", "--init_from", str(stage1), "--output_dir", str(out), *common_args(corpus)])
+    return out
+
+
+def test_stage1_output_holds_modules_and_a_reference_not_the_backbone(stage1, backbone_dir):
+    files = {p.name for p in stage1.iterdir()}
+    assert {"mllm_dr_modules.safetensors", "mllm_dr_adapter.json", "config.json", "README.md", "run_manifest.json"} <= files
+    assert "model.safetensors" not in files
+    state = load_file(str(stage1 / "mllm_dr_modules.safetensors"))
+    assert not any(k.startswith("language_model.") for k in state)
+    assert {"audio_lqformer.query_tokens", "video_lqformer.query_tokens", "new_tokens.input_embeddings"} <= set(state)
+    assert json.loads((stage1 / "mllm_dr_adapter.json").read_text())["base_model"] == str(backbone_dir)
+    checkpoint = stage1 / "checkpoint-4"
+    assert (checkpoint / "mllm_dr_trainable.safetensors").is_file() and not (checkpoint / "model.safetensors").exists()
+    manifest = json.loads((stage1 / "run_manifest.json").read_text())
+    assert manifest["stage"] == 1 and manifest["mode"] == "features" and manifest["global_step"] == 4
+    assert {"git_commit", "packages", "seed", "arguments", "data"} <= set(manifest)
+    assert manifest["data"]["transcripts"]["participants"] == 0  # stage 1 shows no transcript
+
+
+def test_trainable_parameters_per_stage(backbone_dir, corpus, stage1):
+    model_args, data_args, args = train.parse_args(
+        ["--stage", "1", "--backbone", str(backbone_dir), "--output_dir", "unused", *common_args(corpus)]
+    )
+    model, *_ = train.build_model(model_args, data_args, args)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    expected = {n for n, _ in model.named_parameters() if n.startswith(("audio_lq", "video_lq", "audio_proj", "video_proj"))}
+    assert names == expected and "audio_lqformer.query_tokens" in names and "video_lqformer.query_tokens" in names
+
+    model_args, data_args, args = train.parse_args(
+        ["--stage", "2", "--init_from", str(stage1), "--output_dir", "unused", *common_args(corpus)]
+    )
+    peft_model, *_ = train.build_model(model_args, data_args, args)
+    base = peft_model.get_base_model()
+    names = {n for n, p in base.named_parameters() if p.requires_grad}
+    assert names and all(("lora_" in n and n.startswith("language_model.")) or n.startswith("score_head.") for n in names)
+    assert any(n.startswith("score_head.") for n in names)
+    assert not any("lqformer" in n or "projector" in n for n in names)
+    assert {n.split(".lora_")[0].rsplit(".", 1)[1] for n in names if "lora_" in n} == {"q_proj", "v_proj"}
+    # the stage-1 weights were loaded, not re-initialised
+    saved = load_file(str(stage1 / "mllm_dr_modules.safetensors"))
+    torch.testing.assert_close(base.audio_lqformer.query_tokens, saved["audio_lqformer.query_tokens"])
+
+
+def test_stage2_exports_reload_to_identical_outputs(stage2, corpus, tmp_path):
+    import datasets
+
+    rows = list(datasets.load_from_disk(str(corpus))["dev"])[:2]
+    merged_dir, adapter_dir = stage2 / "merged", stage2 / "adapter"
+    adapter_model, processor = load_adapter_export(adapter_dir)
+    collator = MllmDrCollator(processor, "full", with_rationale=True)
+    batch = collator(rows)
+    with torch.no_grad():
+        reference = adapter_model(**batch)
+    merged_model, merged_processor = load_adapter_export(adapter_dir, merge=True)
+    with torch.no_grad():
+        merged = merged_model(**batch)
+    torch.testing.assert_close(merged.logits, reference.logits, atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(merged.score, reference.score, atol=1e-5, rtol=1e-5)
+
+    # the merged, self-contained checkpoint in a fresh process from another directory
+    torch.save  # noqa: B018 (nothing pickled: inputs travel as safetensors)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in batch.items()}, str(tmp_path / "batch.safetensors"))
+    code = (
+        "import sys, torch\n"
+        "from safetensors.torch import load_file, save_file\n"
+        "from transformers import AutoModel\n"
+        "model = AutoModel.from_pretrained(sys.argv[1], trust_remote_code=True).eval()\n"
+        "batch = load_file(sys.argv[2])\n"
+        "with torch.no_grad():\n"
+        "    out = model(**batch)\n"
+        "save_file({'score': out.score, 'loss': out.loss.reshape(1), 'logits': out.logits.contiguous()}, sys.argv[3])\n"
+    )
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update(HF_HUB_OFFLINE="1", HF_MODULES_CACHE=str(tmp_path / "modules"))
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(merged_dir), str(tmp_path / "batch.safetensors"), str(tmp_path / "out.safetensors")],
+        cwd=workdir, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    got = load_file(str(tmp_path / "out.safetensors"))
+    torch.testing.assert_close(got["score"], reference.score, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(got["logits"], reference.logits, atol=1e-4, rtol=1e-4)
+    assert torch.isfinite(got["loss"]).all()
+    card = (merged_dir / "README.md").read_text()
+    assert "not a diagnostic device" in card and "stage 2" in card
+    for row in rows:  # no training text in the card
+        assert row["transcript"] not in card and row["rationale"] not in card
+
+
+def test_stage2_without_stage1_is_an_error_unless_asked(backbone_dir, corpus, tmp_path):
+    with pytest.raises(SystemExit, match="--init_from"):
+        train.main(["--stage", "2", "--backbone", str(backbone_dir), "--output_dir", str(tmp_path / "x"), *common_args(corpus)])
+    out = tmp_path / "y"
+    train.main(
+        ["--stage", "2", "--backbone", str(backbone_dir), "--allow_stage2_without_stage1", "--output_dir", str(out),
+         *common_args(corpus, steps=1)]
+    )
+    assert (out / "merged" / "model.safetensors").is_file()
+
+
+def test_guards_push_to_hub_and_existing_output(stage1, corpus, backbone_dir):
+    with pytest.raises(SystemExit, match="i_may_share_weights"):
+        train.main(
+            ["--stage", "1", "--backbone", str(backbone_dir), "--output_dir", str(stage1.parent / "hub"),
+             "--push_to_hub", "--hub_model_id", "me/x", *common_args(corpus)]
+        )
+    with pytest.raises(SystemExit, match="not empty"):
+        train.main(["--stage", "1", "--backbone", str(backbone_dir), "--output_dir", str(stage1), *common_args(corpus)])
+
+
+def test_no_use_video_switch(backbone_dir, corpus, tmp_path):
+    out = tmp_path / "s1_audio"
+    train.main(
+        ["--stage", "1", "--backbone", str(backbone_dir), "--no_use_video", "--output_dir", str(out), *common_args(corpus, steps=1)]
+    )
+    state = load_file(str(out / "mllm_dr_modules.safetensors"))
+    assert any(k.startswith("audio_lqformer") for k in state) and not any(k.startswith("video_") for k in state)
+    trained = load_file(str(out / "checkpoint-1" / "mllm_dr_trainable.safetensors"))
+    assert trained and all(k.startswith(("audio_lqformer", "audio_projector")) for k in trained)
+    model, processor = load_adapter_export(out)
+    assert not model.config.use_video
+    import datasets
+
+    rows = list(datasets.load_from_disk(str(corpus))["train"])[:2]
+    batch = MllmDrCollator(processor, train.prompt_mode(1, True, False), with_rationale=False)(rows)
+    assert "video_features" not in batch and not (batch["input_ids"] == processor.video_token_id).any()
+    assert (batch["input_ids"] == processor.audio_token_id).sum() == 2 * processor.num_audio_tokens
+    # text-only baseline: no LQ-former at all, no placeholders
+    out = tmp_path / "text_only"
+    train.main(["--stage", "2", "--backbone", str(backbone_dir), "--text_only", "--output_dir", str(out), *common_args(corpus, steps=1)])
+    config = json.loads((out / "merged" / "config.json").read_text())
+    assert not config["use_audio"] and not config["use_video"]
+    assert json.loads((out / "run_manifest.json").read_text())["mode"] == "text"
+
+
+def test_loss_decreases_on_a_learnable_toy_set(corpus, tmp_path):
+    # A random backbone initialised at std 0.02 has logits too small to fit anything; std 0.3 lets
+    # LoRA on q/v show learning within a few dozen steps.
+    from transformers import LlamaForCausalLM
+
+    from conftest import make_tokenizer, tiny_text_config
+
+    tokenizer = make_tokenizer()
+    config = tiny_text_config(len(tokenizer))
+    config.initializer_range = 0.3
+    torch.manual_seed(0)
+    backbone = tmp_path / "backbone"
+    LlamaForCausalLM(config).save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    train.main(["--stage", "1", "--backbone", str(backbone), "--output_dir", str(tmp_path / "s1"), *common_args(corpus, steps=2)])
+    out = tmp_path / "s2_learn"
+    train.main(
+        ["--stage", "2", "--init_from", str(tmp_path / "s1"), "--output_dir", str(out), "--eval_strategy", "no",
+         "--save_strategy", "no", "--lora_learning_rate", "5e-3", "--head_learning_rate", "5e-3",
+         "--lr_scheduler_type", "constant", *common_args(corpus, steps=40)]
+    )
+    history = json.loads((out / "run_manifest.json").read_text())
+    assert history["global_step"] == 40
+    logs = [e for e in _log_history(out) if "loss" in e]
+    first, last = logs[:10], logs[-10:]
+    mean = lambda entries, key: sum(e[key] for e in entries) / len(entries)  # noqa: E731
+    assert mean(last, "lm_loss") < 0.7 * mean(first, "lm_loss")
+    assert mean(last, "score_loss") < 0.8 * mean(first, "score_loss")
+
+
+def _log_history(out: Path) -> list[dict]:
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    return manifest["log_history"]
+
+
+def test_loss_schedule_from_fractional_progress():
+    assert loss_weights("fixed", 0.3, 1.0, 2.0) == (1.0, 2.0)
+    assert loss_weights("linear_blend", 0.0, 1.0, 1.0) == (0.0, 1.0)
+    lm, score = loss_weights("linear_blend", 0.25, 1.0, 1.0)
+    assert lm == pytest.approx(0.25) and score == pytest.approx(0.75)  # not 0 for the whole first epoch
+    with pytest.raises(ValueError):
+        loss_weights("cosine", 0.5, 1.0, 1.0)
+
+
+def test_gradient_accumulation_2_at_batch_1_equals_batch_2(backbone_dir, corpus, tmp_path):
+    import datasets
+    from peft import LoraConfig
+    from transformers import TrainingArguments
+
+    from conftest import build_tiny
+
+    rows = datasets.load_from_disk(str(corpus))["train"].select(range(2))
+
+    def one_step(batch_size: int, accumulation: int) -> dict[str, torch.Tensor]:
+        model, processor = build_tiny(backbone_dir, seed=3)
+        model.requires_grad_(False)
+        peft_model = apply_lora(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=train.DEFAULT_LORA_TARGET))
+        model.score_head.requires_grad_(True)
+        before = trainable_state(peft_model)
+        args = TrainingArguments(
+            output_dir=str(tmp_path / f"ga{accumulation}"), per_device_train_batch_size=batch_size,
+            gradient_accumulation_steps=accumulation, max_steps=1, optim="sgd", learning_rate=0.5,
+            lr_scheduler_type="constant", use_cpu=True, report_to="none", save_strategy="no",
+            remove_unused_columns=False, label_names=["labels", "score_labels"], seed=0, disable_tqdm=True,
+            max_grad_norm=0.0,
+        )
+        trainer = MllmDrTrainer(
+            model=peft_model, args=args, train_dataset=rows, processing_class=processor,
+            data_collator=MllmDrCollator(processor, "full", with_rationale=True), score_loss_weight=0.7,
+            learning_rates={"lora": 0.5, "head": 0.5},
+        )
+        trainer.train()
+        after = trainable_state(peft_model)
+        return {k: after[k] - before[k] for k in after}
+
+    together, accumulated = one_step(2, 1), one_step(1, 2)
+    assert any(v.abs().sum() > 0 for v in together.values())
+    for name in together:
+        torch.testing.assert_close(accumulated[name], together[name], atol=2e-6, rtol=1e-4, msg=name)
+
+
+def test_resume_reaches_the_same_end_with_a_continuous_loss_curve(stage1, corpus, tmp_path):
+    def run(out: Path, steps: int, resume: str | None = None) -> None:
+        extra = ["--resume_from_checkpoint", resume] if resume else []
+        train.main(
+            ["--stage", "2", "--init_from", str(stage1), "--output_dir", str(out), "--eval_strategy", "no",
+             "--save_strategy", "steps", "--save_steps", "3", "--lr_scheduler_type", "constant",
+             "--lora_learning_rate", "1e-3", "--head_learning_rate", "1e-3", *extra, *common_args(corpus, steps=steps)]
+        )
+
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    run(straight, 6)
+    run(resumed, 3)  # "interrupted" after 3 steps, checkpoint-3 on disk
+    run(resumed, 6, resume=str(resumed / "checkpoint-3"))
+    a, b = _log_history(straight), _log_history(resumed)
+    losses_a = {e["step"]: e["loss"] for e in a if "loss" in e}
+    losses_b = {e["step"]: e["loss"] for e in b if "loss" in e}
+    assert sorted(losses_b) == sorted(losses_a) == [1, 2, 3, 4, 5, 6]
+    for step in range(1, 7):
+        assert losses_b[step] == pytest.approx(losses_a[step], rel=1e-4, abs=1e-5)
+    final_a = load_file(str(straight / "checkpoint-6" / "mllm_dr_trainable.safetensors"))
+    final_b = load_file(str(resumed / "checkpoint-6" / "mllm_dr_trainable.safetensors"))
+    for name in final_a:
+        torch.testing.assert_close(final_b[name], final_a[name], atol=1e-5, rtol=1e-4)
+
+
+def test_two_process_run_under_accelerate(stage1, corpus, tmp_path):
+    out = tmp_path / "ddp"
+    command = [
+        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        str(ROOT / "train.py"), "--stage", "2", "--init_from", str(stage1), "--output_dir", str(out),
+        "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no",
+        *common_args(corpus, steps=2),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert manifest["world_size"] == 2
+    assert (out / "checkpoint-2" / "mllm_dr_trainable.safetensors").is_file()
+    assert (out / "merged" / "model.safetensors").is_file()
