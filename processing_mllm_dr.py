@@ -468,16 +468,6 @@ class MllmDrProcessor(ProcessorMixin):
         return ["input_ids", "attention_mask", "prompt_mask", "audio_features", "audio_mask", "video_features", "video_mask"]
 
 
-def severity_band(total: float) -> str:
-    """PHQ severity band of a total score (0-4 minimal, 5-9 mild, 10-14 moderate, 15-19
-    moderately severe, 20+ severe)."""
-    bands = ((5, "none-minimal"), (10, "mild"), (15, "moderate"), (20, "moderately severe"))
-    for upper, name in bands:
-        if total < upper:
-            return name
-    return "severe"
-
-
 MllmDrProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
@@ -487,5 +477,4 @@ __all__ = [
     "PHQ9_ITEMS",
     "PROMPT_MODES",
     "apply_frame_policy",
-    "severity_band",
 ]

@@ -1,0 +1,160 @@
+"""Issue 5: evaluation end to end on a tiny trained model, resume, refusals, baselines, aggregate."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sklearn.metrics import f1_score, mean_absolute_error, mean_squared_error
+from test_training import common_args
+from training_fixtures import make_prepared_corpus
+
+import evaluate_mllm_dr as ev
+import train
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, backbone_dir):
+    root = tmp_path_factory.mktemp("eval")
+    corpus = make_prepared_corpus(root, {"train": 6, "dev": 2, "test": 5}, items=(1, 2, 3))
+    train.main(["--stage", "1", "--backbone", str(backbone_dir), "--output_dir", str(root / "s1"), *common_args(corpus, steps=2)])
+    train.main(
+        ["--stage", "2", "--init_from", str(root / "s1"), "--output_dir", str(root / "s2"), *common_args(corpus, steps=3)]
+    )
+    return root, corpus
+
+
+def run_eval(model: Path, corpus: Path, out: Path, *extra: str) -> dict:
+    ev.main(["--model", str(model), "--data_dir", str(corpus), "--dataset_format", "prepared", "--split", "test",
+             "--output_dir", str(out), "--max_new_tokens", "12", "--batch_size", "4", "--n_bootstrap", "200", *extra])
+    return json.loads((out / "metrics.json").read_text())
+
+
+def ccc(pred, true):
+    pred, true = np.asarray(pred, float), np.asarray(true, float)
+    cov = ((pred - pred.mean()) * (true - true.mean())).mean()
+    return 2 * cov / (pred.var() + true.var() + (pred.mean() - true.mean()) ** 2)
+
+
+def test_end_to_end_files_and_independent_recomputation(setup, tmp_path):
+    root, corpus = setup
+    out = tmp_path / "eval"
+    metrics = run_eval(root / "s2", corpus, out)
+    assert {"predictions.jsonl", "metrics.json", "manifest.json", "report.md", "totals_scatter.png",
+            "confusion_matrix.png", "per_item_mae.png"} <= {p.name for p in out.iterdir()}
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 15
+    required = {"participant_id", "item_index", "item_name", "generated_text", "parsed_score", "head_score", "score",
+                "label", "fell_back"}
+    assert all(required <= set(p) for p in predictions)
+    for p in predictions:  # the head stands in exactly when the text breaks format
+        assert p["fell_back"] == (p["parsed_score"] is None)
+        expected = p["parsed_score"] if p["parsed_score"] is not None else min(max(p["head_score"], 0), 3)
+        assert p["score"] == pytest.approx(expected)
+    totals: dict[str, float] = {}
+    truth: dict[str, float] = {}
+    for p in predictions:
+        totals[p["participant_id"]] = totals.get(p["participant_id"], 0.0) + p["score"]
+        truth[p["participant_id"]] = p["total"]
+    pids = sorted(totals)
+    pred, true = [totals[k] for k in pids], [truth[k] for k in pids]
+    assert metrics["ccc"] == pytest.approx(ccc(pred, true), abs=1e-9)
+    assert metrics["mae"] == pytest.approx(mean_absolute_error(true, pred))
+    assert metrics["rmse"] == pytest.approx(math.sqrt(mean_squared_error(true, pred)))
+    assert metrics["f1"] == pytest.approx(f1_score(np.array(true) >= 10, np.array(pred) >= 10, zero_division=0))
+    assert metrics["cutoff"] == 10
+    assert metrics["format_failure_rate"] == pytest.approx(sum(p["parsed_score"] is None for p in predictions) / 15)
+    assert metrics["fallback_count"] == sum(p["fell_back"] for p in predictions)
+    assert metrics["throughput"]["items_per_second"] > 0
+    report = (out / "report.md").read_text()
+    assert "not a diagnostic device" in report and "![totals_scatter.png]" in report
+
+
+def test_resume_after_interruption_equals_uninterrupted(setup, tmp_path, monkeypatch):
+    root, corpus = setup
+    straight = tmp_path / "straight"
+    run_eval(root / "s2", corpus, straight)
+    interrupted = tmp_path / "interrupted"
+    original = ev.generate_batch
+    calls = {"n": 0}
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ev, "generate_batch", dying)
+    with pytest.raises(KeyboardInterrupt):
+        run_eval(root / "s2", corpus, interrupted)
+    assert len((interrupted / "predictions.jsonl").read_text().splitlines()) == 4
+    assert not (interrupted / "metrics.json").exists()
+    monkeypatch.setattr(ev, "generate_batch", original)
+    run_eval(root / "s2", corpus, interrupted)
+    assert (interrupted / "predictions.jsonl").read_text() == (straight / "predictions.jsonl").read_text()
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, interrupted))
+    assert {k: v for k, v in a.items() if k != "throughput"} == {k: v for k, v in b.items() if k != "throughput"}
+
+
+def test_mismatched_manifest_is_refused(setup, tmp_path):
+    root, corpus = setup
+    out = tmp_path / "eval"
+    run_eval(root / "s2", corpus, out)
+    before = (out / "predictions.jsonl").read_text()
+    with pytest.raises(SystemExit, match="different settings"):
+        run_eval(root / "s2", corpus, out, "--seed", "5")
+    assert (out / "predictions.jsonl").read_text() == before
+
+
+def test_bad_inputs_fail_clearly_and_write_nothing(setup, tmp_path):
+    root, corpus = setup
+    no_processor = tmp_path / "no_processor"
+    shutil.copytree(root / "s2" / "merged", no_processor)
+    (no_processor / "processor_config.json").unlink()
+    with pytest.raises(SystemExit, match="no processor"):
+        run_eval(no_processor, corpus, tmp_path / "out1")
+    assert not (tmp_path / "out1").exists()
+
+    import datasets
+
+    data = datasets.load_from_disk(str(corpus))
+    bad_dir = tmp_path / "bad_features"
+    bad_dir.mkdir()
+    np.save(bad_dir / "wrong.npy", np.zeros((4, 7), np.float32))
+    broken = data["test"].map(lambda r: {"audio_files": [str(bad_dir / "wrong.npy")]})
+    datasets.DatasetDict({"test": broken}).save_to_disk(str(tmp_path / "broken"))
+    with pytest.raises(SystemExit, match=r"audio features .*wrong.npy have shape \(4, 7\)"):
+        run_eval(root / "s2", tmp_path / "broken", tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()
+
+    empty = data["test"].map(lambda r: {"transcript": "  "})
+    datasets.DatasetDict({"test": empty}).save_to_disk(str(tmp_path / "empty"))
+    with pytest.raises(SystemExit, match="transcript is empty"):
+        run_eval(root / "s2", tmp_path / "empty", tmp_path / "out3")
+    assert not (tmp_path / "out3").exists()
+
+
+def test_baselines_and_aggregate(setup, tmp_path, backbone_dir, capsys):
+    root, corpus = setup
+    mean_metrics = run_eval(root / "s2", corpus, tmp_path / "mean", "--train_mean")
+    predictions = [json.loads(line) for line in (tmp_path / "mean" / "predictions.jsonl").read_text().splitlines()]
+    import datasets
+
+    train_rows = datasets.load_from_disk(str(corpus))["train"]
+    item1 = np.mean([r["label"] for r in train_rows if r["item_index"] == 1])
+    assert all(p["score"] == pytest.approx(item1) for p in predictions if p["item_index"] == 1)
+    assert mean_metrics["format_failure_rate"] is None
+
+    zero = run_eval(backbone_dir, corpus, tmp_path / "zero", "--zero_shot", "--greedy")
+    zero_predictions = [json.loads(line) for line in (tmp_path / "zero" / "predictions.jsonl").read_text().splitlines()]
+    assert all(p["head_score"] is None and not p["fell_back"] for p in zero_predictions)
+    assert zero["format_failures"] == sum(p["parsed_score"] is None for p in zero_predictions)
+    assert all(p["score"] == 1.5 for p in zero_predictions if p["parsed_score"] is None)
+
+    ev.main(["--aggregate", str(tmp_path / "mean"), str(tmp_path / "zero")])
+    table = capsys.readouterr().out
+    assert "| mean |" in table and "| std |" in table and "| zero |" in table
