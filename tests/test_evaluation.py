@@ -158,3 +158,40 @@ def test_baselines_and_aggregate(setup, tmp_path, backbone_dir, capsys):
     ev.main(["--aggregate", str(tmp_path / "mean"), str(tmp_path / "zero")])
     table = capsys.readouterr().out
     assert "| mean |" in table and "| std |" in table and "| zero |" in table
+
+
+def test_predict_one_interview_with_a_missing_modality(setup, tmp_path, capsys):
+    import predict
+
+    root, _ = setup
+    transcript = tmp_path / "900_Transcript.csv"
+    transcript.write_text(
+        'Start_Time,End_Time,Text,Confidence\n0.1,2.0,"hello, low every day",0.9\n2.5,4.0,thanks,0.8\n'
+    )
+    audio = tmp_path / "900_HuBERT.npy"
+    np.save(audio, np.random.default_rng(0).standard_normal((9, 12)).astype(np.float32))
+    out = tmp_path / "report"
+    predict.main(["--model", str(root / "s2"), "--transcript", str(transcript), "--audio", str(audio),
+                  "--output_dir", str(out), "--max_new_tokens", "10", "--greedy"])
+    report = json.loads((out / "prediction.json").read_text())
+    assert report["participant_id"] == "900" and len(report["items"]) == 8
+    assert report["total"] == pytest.approx(sum(item["score"] for item in report["items"]))
+    assert "no video features: scored without that modality" in report["flags"]
+    assert "not a diagnostic device" in report["disclaimer"]
+    assert report["screen_positive"] == (report["total"] >= 10)
+    markdown = (out / "prediction.md").read_text()
+    assert "Needs a human" in markdown and "research tool" in markdown
+    assert "Needs a human" in capsys.readouterr().out
+    # a disagreement of 2 or more between text and head is flagged; PHQ-9 item 9 always needs review
+    items = [
+        {"item_index": 1, "item_name": "NoInterest", "score": 3.0, "parsed_score": 3, "head_score": 0.5,
+         "fell_back": False, "rationale": "r", "generated_text": "t"},
+        {"item_index": 9, "item_name": "SelfHarm", "score": 1.0, "parsed_score": 1, "head_score": 1.2,
+         "fell_back": False, "rationale": "r", "generated_text": "t"},
+    ]
+    flags = predict.build_report(items, 10, "phq9", [], "x")["flags"]
+    assert any("differ by 2 or more" in f for f in flags) and any("requires clinician review" in f for f in flags)
+    with pytest.raises(SystemExit, match="shape"):
+        predict.main(["--model", str(root / "s2"), "--transcript", str(transcript), "--video", str(audio),
+                      "--output_dir", str(tmp_path / "bad")])
+    assert not (tmp_path / "bad").exists()
