@@ -236,6 +236,64 @@ def choose_score(parsed: int | None, head: float | None, source: str, unparsed: 
 
 
 # ----------------------------------------------------------------------------- generation
+def _cache_kwarg() -> str:
+    """``generate``'s name for a ready KV cache: ``cache`` in transformers >= 5.2x, else ``past_key_values``."""
+    from dataclasses import fields
+
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+def shares_prefix(rows: list[dict[str, Any]]) -> bool:
+    """Items of one participant with one transcript and one set of feature files (E-DAIC, DAIC-WOZ)."""
+    first = rows[0]
+    return len(rows) > 1 and all(
+        r["participant_id"] == first["participant_id"]
+        and r["transcript"] == first["transcript"]
+        and feature_columns(r, "audio") == feature_columns(first, "audio")
+        and feature_columns(r, "video") == feature_columns(first, "video")
+        for r in rows
+    )
+
+
+@torch.no_grad()
+def generate_with_shared_prefix(model, batch: dict[str, torch.Tensor], **generate_kwargs: Any):
+    """Generation for prompts that share a prefix (a participant's system prompt, features and
+    transcript come before the item instruction): the prefix is prefilled once, its KV cache and
+    last hidden states are copied to every item, and only the item-specific suffixes are prefilled.
+    The head still pools the whole prompt (prefix hidden states + suffix hidden states)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    real = [row[m] for row, m in zip(ids, mask)]
+    shortest = min(len(r) for r in real)
+    common = 0
+    while common < shortest - 1 and all(bool(r[common] == real[0][common]) for r in real[1:]):
+        common += 1
+    prefix = real[0][:common].unsqueeze(0)
+    features = {k: v[:1] for k, v in batch.items() if k.startswith(("audio_", "video_"))}
+    prefill = model(
+        input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, compute_score=False,
+        logits_to_keep=1, return_last_hidden_state=True, **features,
+    )
+    cache = next(prefill[name] for name in ("cache", "past_key_values") if name in prefill.keys())
+    cache.batch_repeat_interleave(len(real))
+    suffixes = [r[common:] for r in real]
+    width = max(len(s) for s in suffixes)
+    pad_id = generate_kwargs.get("pad_token_id", 0)
+    suffix_ids = torch.full((len(real), width), pad_id, dtype=ids.dtype, device=ids.device)
+    suffix_mask = torch.zeros((len(real), width), dtype=batch["attention_mask"].dtype, device=ids.device)
+    for i, suffix in enumerate(suffixes):  # left-pad the suffixes: padding sits between prefix and suffix
+        suffix_ids[i, width - len(suffix) :] = suffix
+        suffix_mask[i, width - len(suffix) :] = 1
+    full_ids = torch.cat([prefix.expand(len(real), -1), suffix_ids], dim=1)
+    full_mask = torch.cat([torch.ones_like(prefix).expand(len(real), -1), suffix_mask], dim=1)
+    out = model.generate(
+        input_ids=full_ids, attention_mask=full_mask, prefix_hidden_states=prefill.last_hidden_state,
+        **{_cache_kwarg(): cache}, **generate_kwargs,
+    )
+    return out, full_ids.shape[1]
+
+
 @torch.no_grad()
 def generate_batch(model, processor, rows, mode, args) -> tuple[list[dict[str, Any]], int]:
     use_transcript, use_audio, use_video = processor._mode(mode)
@@ -256,8 +314,12 @@ def generate_batch(model, processor, rows, mode, args) -> tuple[list[dict[str, A
     tokenizer = processor.tokenizer
     kwargs["pad_token_id"] = tokenizer.pad_token_id
     kwargs["eos_token_id"] = tokenizer.eos_token_id
-    out = model.generate(**batch, **kwargs)
-    new_tokens = out.sequences[:, batch["input_ids"].shape[1] :]
+    if args.prefix_reuse and shares_prefix(rows):
+        out, prompt_length = generate_with_shared_prefix(model, batch, **kwargs)
+    else:
+        out = model.generate(**batch, **kwargs)
+        prompt_length = batch["input_ids"].shape[1]
+    new_tokens = out.sequences[:, prompt_length:]
     texts = processor.batch_decode(new_tokens, skip_special_tokens=True)
     eos = tokenizer.eos_token_id
     counted = int(sum(int((row != eos).sum()) + int((row == eos).any()) for row in new_tokens.cpu()))
@@ -283,6 +345,17 @@ def generate_batch(model, processor, rows, mode, args) -> tuple[list[dict[str, A
             }
         )
     return records, counted
+
+
+def make_batches(rows: list[dict[str, Any]], batch_size: int, by_participant: bool) -> list[list[dict[str, Any]]]:
+    """Fixed-size batches; with prefix reuse, a batch never mixes participants (their prompts share
+    a prefix only within a participant)."""
+    if not by_participant:
+        return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[str(row["participant_id"])].append(row)
+    return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
 
 
 def train_mean_predictions(args: argparse.Namespace, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -507,6 +580,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--top_k", type=int, default=10)
     parser.add_argument("--max_new_tokens", type=int, default=200)
     parser.add_argument("--batch_size", type=int, default=8)
+    parser.add_argument("--no_prefix_reuse", dest="prefix_reuse", action="store_false",
+                        help="prefill each item's whole prompt (default: a participant's shared prefix is prefilled once)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cutoff", type=float, default=10.0, help="binary label: total >= cutoff (authors used 9)")
     parser.add_argument("--n_bootstrap", type=int, default=1000)
@@ -567,6 +642,7 @@ def main(argv: list[str] | None = None) -> int:
                  "items": len(rows), "participants": len({r["participant_id"] for r in rows})},
         "generation": "greedy" if args.greedy else f"sampling, temperature {args.temperature}, top_k {args.top_k}, a seed per item",
         "max_new_tokens": args.max_new_tokens,
+        "prefix_reuse": args.prefix_reuse,
         "seed": args.seed,
         "score_source": args.score_source,
         "unparsed_score": args.unparsed_score,
@@ -596,7 +672,7 @@ def main(argv: list[str] | None = None) -> int:
     elif todo:
         from tqdm.auto import tqdm
 
-        batches = [todo[i : i + args.batch_size] for i in range(0, len(todo), args.batch_size)]
+        batches = make_batches(todo, args.batch_size, by_participant=args.prefix_reuse)
         for batch_rows in tqdm(batches, desc="generating", unit="batch"):
             records, counted = generate_batch(model, processor, batch_rows, mode, args)
             append_predictions(predictions_path, records)

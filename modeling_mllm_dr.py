@@ -51,6 +51,7 @@ class MllmDrCausalLMOutput(CausalLMOutputWithPast):
     lm_loss: torch.FloatTensor | None = None
     score_loss: torch.FloatTensor | None = None
     score: torch.FloatTensor | None = None
+    last_hidden_state: torch.FloatTensor | None = None
 
 
 @dataclass
@@ -442,6 +443,10 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
         lm_loss_weight: float | None = None,
         score_loss_weight: float | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
+        prefix_hidden_states: torch.Tensor | None = None,
+        return_last_hidden_state: bool = False,
+        cache: Any = None,
+        past_key_values: Any = None,
         **kwargs: Any,
     ) -> MllmDrCausalLMOutput:
         r"""
@@ -460,10 +465,15 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
             lm_loss_weight / score_loss_weight: Override the config's Eq. 3 weights (for schedules).
             num_items_in_batch: Answer tokens over the whole accumulated batch; when given, the CE
                 is a sum divided by it (exact under gradient accumulation).
+            prefix_hidden_states: Last hidden states of a cached, shared prompt prefix ``(1 or batch,
+                past_length, hidden)``: with them the head also scores a prompt whose prefix came from
+                the cache (prefix reuse across a participant's items).
+            return_last_hidden_state: Also return the backbone's last hidden states (to cache a prefix).
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
-        cache_kwargs = {k: kwargs.pop(k) for k in _CACHE_FIELDS if k in kwargs}
+        # The KV cache under whichever name this transformers version uses (`cache` from 5.2x on).
+        cache_kwargs = {k: v for k, v in (("cache", cache), ("past_key_values", past_key_values)) if v is not None}
         past_length = _past_length(cache_kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
@@ -503,9 +513,17 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
         logits = lm_head(hidden_states[:, keep, :])
 
         score = score_loss = None
-        if compute_score and past_length == 0:
-            token_mask = self._head_token_mask(hidden_states, attention_mask, labels, prompt_mask)
-            score = self.score_head(hidden_states, token_mask)
+        head_hidden = hidden_states
+        if past_length and prefix_hidden_states is not None:
+            if prefix_hidden_states.shape[1] != past_length:
+                raise ValueError(
+                    f"prefix_hidden_states cover {prefix_hidden_states.shape[1]} tokens, the cache {past_length}"
+                )
+            prefix = prefix_hidden_states.to(hidden_states.dtype).expand(hidden_states.shape[0], -1, -1)
+            head_hidden = torch.cat([prefix, hidden_states], dim=1)
+        if compute_score and (past_length == 0 or prefix_hidden_states is not None):
+            token_mask = self._head_token_mask(head_hidden, attention_mask, labels, prompt_mask)
+            score = self.score_head(head_hidden, token_mask)
             if self._captured_head_scores is not None:
                 self._captured_head_scores.append(score.detach())
             if score_labels is not None:
@@ -525,6 +543,7 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
             score=score,
             hidden_states=getattr(decoder_outputs, "hidden_states", None),
             attentions=getattr(decoder_outputs, "attentions", None),
+            last_hidden_state=hidden_states if return_last_hidden_state else None,
         )
         own_fields = {f.name for f in fields(output)}
         for name in _CACHE_FIELDS:
@@ -586,6 +605,7 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
                 "audio_embeds",
                 "video_embeds",
                 "prompt_mask",
+                "prefix_hidden_states",
             )
             if name in kwargs
         }

@@ -91,7 +91,7 @@ def test_resume_after_interruption_equals_uninterrupted(setup, tmp_path, monkeyp
     monkeypatch.setattr(ev, "generate_batch", dying)
     with pytest.raises(KeyboardInterrupt):
         run_eval(root / "s2", corpus, interrupted)
-    assert len((interrupted / "predictions.jsonl").read_text().splitlines()) == 4
+    assert len((interrupted / "predictions.jsonl").read_text().splitlines()) == 3  # one participant's batch
     assert not (interrupted / "metrics.json").exists()
     monkeypatch.setattr(ev, "generate_batch", original)
     run_eval(root / "s2", corpus, interrupted)
@@ -195,3 +195,25 @@ def test_predict_one_interview_with_a_missing_modality(setup, tmp_path, capsys):
         predict.main(["--model", str(root / "s2"), "--transcript", str(transcript), "--video", str(audio),
                       "--output_dir", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
+
+
+def test_prefix_reuse_matches_full_prefill(setup):
+    import datasets
+
+    from mllm_dr_training import load_adapter_export
+
+    root, corpus = setup
+    model, processor = load_adapter_export(root / "s2" / "adapter", merge=True)
+    rows = [dict(r) for r in datasets.load_from_disk(str(corpus))["test"]][:3]
+    assert ev.shares_prefix(rows)
+    batch = processor([r["transcript"] for r in rows], [r["item_index"] for r in rows],
+                      audio_features=[ev.read_feature_arrays(r["audio_files"]) for r in rows],
+                      video_features=[ev.read_feature_arrays(r["video_files"]) for r in rows], padding_side="left")
+    kwargs = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": processor.tokenizer.pad_token_id,
+              "output_scores": True, "return_dict_in_generate": True}
+    plain = model.generate(**batch, **kwargs)
+    reused, prompt_length = ev.generate_with_shared_prefix(model, batch, **kwargs)
+    torch_close = __import__("torch").testing.assert_close
+    torch_close(reused.head_score, plain.head_score, atol=1e-4, rtol=1e-4)
+    torch_close(reused.scores[0], plain.scores[0], atol=1e-3, rtol=1e-3)  # first-step logits
+    assert (reused.sequences[:, prompt_length:] == plain.sequences[:, batch["input_ids"].shape[1]:]).all()

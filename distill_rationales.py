@@ -1,0 +1,749 @@
+#!/usr/bin/env python
+"""The teacher step of the paper (section 3.1, Table 1): rationales that agree with the true score.
+
+For every (participant, PHQ item) of the train and dev splits, a large "teacher" LLM is shown the
+interview transcript and the participant's *true* item score and asked for an
+``Evaluation Reason:``; the text after that prefix becomes the stage-2 training target's
+rationale (``rationales.jsonl``, schema in ``rationales.py``). The teacher sees the label so the
+rationale is consistent with it; that is why only train/dev are distilled by default.
+
+Teachers: a local causal LM (``--teacher local``) or an OpenAI-compatible chat-completions
+endpoint (``--teacher openai``). E-DAIC-WOZ, DAIC-WOZ and CMDC are licensed corpora whose
+end-user licence agreements forbid sharing transcripts: an endpoint that is not on this machine
+(anything but 127.0.0.0/8, ::1, ``localhost``) is refused unless ``--allow-remote`` is given.
+
+Every record is appended (line-atomic) as soon as its reply is accepted, and keys already in the
+output are skipped, so a killed run resumes losing nothing and redoing nothing. Replies that break
+the format are retried and then recorded in ``rationales.failures.jsonl`` (a rerun retries them).
+
+    python distill_rationales.py --dataset_format edaic --data_dir /data/E-DAIC \\
+        --teacher local --teacher_model path/to/Llama-3-70B-Instruct --output runs/rationales.jsonl
+    OPENAI_API_KEY=... python distill_rationales.py --dataset_format prepared --data_dir runs/corpus \\
+        --teacher openai --api_base http://127.0.0.1:8000/v1 --teacher_model my-served-model \\
+        --output runs/rationales.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import ipaddress
+import json
+import logging
+import operator
+import os
+import re
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+from processing_mllm_dr import DEFAULT_SYSTEM_PROMPT, PHQ9_ITEMS, REASON_PREFIX
+from rationales import Rationale, RationaleWriter, failures_path
+
+logger = logging.getLogger("distill_rationales")
+
+PROMPT_VERSION = "table1-v1"
+# Paper Table 1, user turn (the system turn is processing_mllm_dr.DEFAULT_SYSTEM_PROMPT).
+TEACHER_INSTRUCTION = (
+    "Given the participant's self-rating score of {label}, please evaluate the participant's performance in "
+    "{aspect} based on the dialogue content. The output format is as follows: Evaluation Reason: A concise and "
+    "logical description. Each output must strictly follow this format, avoiding omissions or confusion."
+)
+DEFAULT_SPLITS = ("train", "dev")
+ROW_FIELDS = ("participant_id", "item_index", "item_name", "transcript", "label", "split")
+LICENCE_NOTICE = (
+    "E-DAIC-WOZ, DAIC-WOZ and CMDC are distributed under end-user licence agreements that forbid sharing "
+    "the transcripts (or anything derived from them) with third parties; sending them to an API you do not "
+    "run yourself may breach that agreement."
+)
+MAX_STORED_REPLY_CHARS = 2000
+RETRYABLE_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
+
+
+# ----------------------------------------------------------------------------- prompt and reply
+def item_aspect(item_index: int) -> str:
+    """The PHQ aspect text of a 1-based item number (PHQ-8 items are PHQ-9's first eight)."""
+    if not 1 <= item_index <= len(PHQ9_ITEMS):
+        raise ValueError(f"item_index must be 1-{len(PHQ9_ITEMS)}, got {item_index}")
+    return PHQ9_ITEMS[item_index - 1].aspect
+
+
+def build_messages(row: dict[str, Any]) -> list[dict[str, str]]:
+    """Table 1's prompt: the system turn, then the dialogue followed by the instruction."""
+    instruction = TEACHER_INSTRUCTION.format(label=row["label"], aspect=item_aspect(row["item_index"]))
+    return [
+        {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
+        {"role": "user", "content": f"{row['transcript'].strip()}\n\n{instruction}"},
+    ]
+
+
+class ReplyFormatError(ValueError):
+    """A teacher reply that does not follow Table 1's output format."""
+
+
+_TRAILING_SCORE = re.compile(r"(?:^|\n)[ \t*]*score[ \t*]*:[ \t*]*([0-9]+)[ \t*.]*\s*$", re.IGNORECASE)
+
+
+def parse_reply(text: str | None, label: int | None = None) -> str:
+    """The rationale in a teacher reply: the text after its single ``Evaluation Reason:``.
+
+    A trailing ``Score: N`` line is dropped (and must equal ``label`` when given: a teacher that
+    contradicts the true score wrote a rationale for another score). Raises ``ReplyFormatError``
+    when the prefix is missing or repeated, nothing follows it, or ``Score:`` appears inside the
+    rationale (the training target puts exactly one ``Score:`` after it).
+    """
+    if not text or not text.strip():
+        raise ReplyFormatError("empty reply")
+    lowered, prefix = text.lower(), REASON_PREFIX.lower()
+    count = lowered.count(prefix)
+    if count != 1:
+        raise ReplyFormatError(f"expected exactly one {REASON_PREFIX!r}, found {count}")
+    rationale = text[lowered.index(prefix) + len(prefix) :]
+    score = _TRAILING_SCORE.search(rationale)
+    if score is not None:
+        if label is not None and int(score.group(1)) != int(label):
+            raise ReplyFormatError(f"the reply's score {score.group(1)} differs from the label {label}")
+        rationale = rationale[: score.start()]
+    rationale = rationale.strip().lstrip("*").strip()  # '**Evaluation Reason:** ...'
+    if not rationale:
+        raise ReplyFormatError(f"nothing after {REASON_PREFIX!r}")
+    if "score:" in rationale.lower():
+        raise ReplyFormatError("'Score:' inside the rationale")
+    return rationale
+
+
+# ----------------------------------------------------------------------------- teachers
+@dataclass(frozen=True)
+class TeacherReply:
+    """``text`` when the teacher answered; ``error`` when it could not (recorded, not retried)."""
+
+    text: str | None = None
+    error: str | None = None
+
+
+class Teacher(Protocol):
+    name: str
+    batch_size: int
+
+    def generate(
+        self, conversations: Sequence[list[dict[str, str]]], attempt: int = 0
+    ) -> Iterator[tuple[int, TeacherReply]]:
+        """Yields ``(index into conversations, reply)`` as replies arrive, in any order."""
+        ...
+
+
+class RemoteEndpointRefused(ValueError):
+    """An endpoint off this machine without ``allow_remote``."""
+
+
+def is_loopback_url(url: str) -> bool:
+    """True for http(s) URLs on 127.0.0.0/8, ::1 (also IPv4-mapped) or ``localhost``. Host names are
+    not resolved: any other name counts as remote."""
+    parts = urllib.parse.urlsplit(url)
+    host = (parts.hostname or "").rstrip(".")
+    if parts.scheme not in ("http", "https") or not host:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    mapped = getattr(address, "ipv4_mapped", None)
+    return address.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def check_endpoint_allowed(api_base: str, allow_remote: bool) -> None:
+    """Refuses (before any connection) to send transcripts off the machine without ``allow_remote``."""
+    parts = urllib.parse.urlsplit(api_base)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--api_base must be an http(s) URL such as http://127.0.0.1:8000/v1, got {api_base!r}")
+    if not allow_remote and not is_loopback_url(api_base):
+        raise RemoteEndpointRefused(
+            f"refusing to send interview transcripts to {parts.hostname}, which is not this machine. "
+            f"{LICENCE_NOTICE} Use --teacher local or an endpoint on 127.0.0.1/localhost, or pass --allow-remote "
+            "if your data-use agreement explicitly permits this endpoint."
+        )
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    """A redirect could carry the transcript and the key elsewhere: treat it as an error instead."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        return None  # urllib then raises HTTPError(3xx), which fails the item
+
+
+class OpenAICompatibleTeacher:
+    """``POST {api_base}/chat/completions`` (OpenAI format), one request per item.
+
+    Transient failures (connection errors, timeouts, 408, 429, 5xx) are retried ``http_retries``
+    times with exponential back-off from ``retry_base_delay`` (a ``Retry-After`` header can lengthen
+    it); other statuses fail that item at once. The API key goes only into the Authorization header
+    and is redacted from anything returned (error bodies included).
+    """
+
+    def __init__(
+        self,
+        api_base: str,
+        model: str,
+        api_key: str | None = None,
+        allow_remote: bool = False,
+        name: str | None = None,
+        timeout: float = 120.0,
+        http_retries: int = 5,
+        retry_base_delay: float = 1.0,
+        max_retry_delay: float = 60.0,
+        num_workers: int = 1,
+        temperature: float | None = None,
+        max_tokens: int | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ):
+        check_endpoint_allowed(api_base, allow_remote)
+        self.url = api_base.rstrip("/") + "/chat/completions"
+        self.model = model
+        self.name = name or model
+        self._api_key = api_key or None
+        self.timeout = timeout
+        self.http_retries = max(0, int(http_retries))
+        self.retry_base_delay = retry_base_delay
+        self.max_retry_delay = max_retry_delay
+        self.num_workers = max(1, int(num_workers))
+        self.batch_size = self.num_workers
+        self.temperature = temperature
+        self.max_tokens = max_tokens
+        self.sleep = sleep
+        # A loopback endpoint never goes through a proxy (which would take the data off the machine).
+        handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
+        if is_loopback_url(api_base):
+            handlers.append(urllib.request.ProxyHandler({}))
+        self._opener = urllib.request.build_opener(*handlers)
+
+    def __repr__(self) -> str:  # never shows the key
+        return f"OpenAICompatibleTeacher(url={self.url!r}, model={self.model!r})"
+
+    def redact(self, text: str) -> str:
+        return text.replace(self._api_key, "[REDACTED]") if self._api_key else text
+
+    def _request(self, messages: list[dict[str, str]]) -> urllib.request.Request:
+        body: dict[str, Any] = {"model": self.model, "messages": messages}
+        if self.temperature is not None:
+            body["temperature"] = self.temperature
+        if self.max_tokens is not None:
+            body["max_tokens"] = self.max_tokens
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self._api_key:
+            headers["Authorization"] = f"Bearer {self._api_key}"
+        return urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
+
+    def _backoff(self, retry: int, retry_after: str | None) -> float:
+        delay = self.retry_base_delay * (2**retry)
+        if retry_after:
+            try:
+                delay = max(delay, float(retry_after))
+            except ValueError:
+                pass
+        return min(delay, self.max_retry_delay)
+
+    def complete(self, messages: list[dict[str, str]]) -> TeacherReply:
+        """One chat completion, with the retry policy above."""
+        last_error = "no attempt made"
+        for attempt in range(self.http_retries + 1):
+            retry_after = None
+            try:
+                with self._opener.open(self._request(messages), timeout=self.timeout) as response:
+                    payload = response.read()
+                return TeacherReply(text=self.redact(_completion_text(payload)))
+            except urllib.error.HTTPError as error:
+                detail = error.read(500).decode("utf-8", "replace") if error.fp is not None else ""
+                last_error = self.redact(f"HTTP {error.code} {error.reason}: {detail}".strip())
+                if error.code not in RETRYABLE_STATUS:
+                    return TeacherReply(error=last_error)
+                retry_after = error.headers.get("Retry-After") if error.headers else None
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as error:  # refused, reset, timeout
+                reason = getattr(error, "reason", error)
+                last_error = self.redact(f"{type(error).__name__}: {reason}")
+            if attempt < self.http_retries:
+                delay = self._backoff(attempt, retry_after)
+                logger.warning("%s (retry %d/%d in %.2f s)", last_error, attempt + 1, self.http_retries, delay)
+                self.sleep(delay)
+        return TeacherReply(error=f"gave up after {self.http_retries + 1} attempts: {last_error}")
+
+    def generate(
+        self, conversations: Sequence[list[dict[str, str]]], attempt: int = 0
+    ) -> Iterator[tuple[int, TeacherReply]]:
+        if self.num_workers == 1:
+            for index, messages in enumerate(conversations):
+                yield index, self.complete(messages)
+            return
+        executor = ThreadPoolExecutor(max_workers=self.num_workers)
+        try:
+            futures = {executor.submit(self.complete, messages): index for index, messages in enumerate(conversations)}
+            for future in as_completed(futures):
+                yield futures[future], future.result()
+        finally:
+            executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _completion_text(payload: bytes) -> str:
+    """``choices[0].message.content`` of a chat-completions response; an unusable body reads as an
+    empty reply, which the format check then rejects (and retries)."""
+    try:
+        content = json.loads(payload)["choices"][0]["message"]["content"]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return ""
+    if isinstance(content, list):  # content parts
+        content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+    return content if isinstance(content, str) else ""
+
+
+class LocalTeacher:
+    """A local causal LM with a chat template: batched, left-padded generation.
+
+    Greedy by default; a retry after a malformed reply samples (``temperature``/``top_k``, the
+    paper's 0.8/10), since greedy decoding would only repeat the same reply.
+    """
+
+    def __init__(
+        self,
+        model_path: str | Path,
+        name: str | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        batch_size: int = 4,
+        max_new_tokens: int = 256,
+        do_sample: bool = False,
+        temperature: float = 0.8,
+        top_k: int = 10,
+    ):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.model_path = str(model_path)
+        self.name = name or Path(self.model_path).resolve().name
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = device
+        self.tokenizer = AutoTokenizer.from_pretrained(self.model_path)
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise ValueError(
+                f"{self.model_path}: the tokenizer has no chat_template (an instruction-tuned model is needed)"
+            )
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+        self.model = AutoModelForCausalLM.from_pretrained(self.model_path, dtype=torch_dtype).to(device).eval()
+        self.batch_size = max(1, int(batch_size))
+        self.max_new_tokens = int(max_new_tokens)
+        self.do_sample = do_sample
+        self.temperature = temperature
+        self.top_k = top_k
+
+    def render(self, messages: list[dict[str, str]]) -> str:
+        """The chat-template prompt; templates without a system role get it folded into the user turn."""
+        try:
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # jinja2 TemplateError: e.g. "System role not supported"
+            if messages[0]["role"] != "system":
+                raise
+            merged = [{"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}]
+            return self.tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+
+    def generate(
+        self, conversations: Sequence[list[dict[str, str]]], attempt: int = 0
+    ) -> Iterator[tuple[int, TeacherReply]]:
+        import torch
+
+        sample = self.do_sample or attempt > 0
+        options: dict[str, Any] = {"max_new_tokens": self.max_new_tokens, "do_sample": sample}
+        if sample:
+            options.update(temperature=self.temperature, top_k=self.top_k)
+        for start in range(0, len(conversations), self.batch_size):
+            prompts = [self.render(messages) for messages in conversations[start : start + self.batch_size]]
+            inputs = self.tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+            inputs = inputs.to(self.device)
+            with torch.inference_mode():
+                output = self.model.generate(**inputs, pad_token_id=self.tokenizer.pad_token_id, **options)
+            texts = self.tokenizer.batch_decode(output[:, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
+            for offset, text in enumerate(texts):
+                yield start + offset, TeacherReply(text=text)
+
+
+# ----------------------------------------------------------------------------- rows and the loop
+def validate_row(row: dict[str, Any], where: str) -> dict[str, Any]:
+    """One input row with its fields checked and normalised; errors name the row and the field."""
+    missing = [name for name in ROW_FIELDS if name not in row]
+    if missing:
+        raise ValueError(f"{where}: missing field(s) {missing} (rows need {list(ROW_FIELDS)})")
+    participant_id = row["participant_id"]
+    if isinstance(participant_id, int) and not isinstance(participant_id, bool):
+        participant_id = str(participant_id)
+    if not isinstance(participant_id, str) or not participant_id:
+        raise ValueError(f"{where}: participant_id must be a non-empty string, got {participant_id!r}")
+    where = f"{where} (participant {participant_id})"
+    values = {}
+    for name, low, high in (("item_index", 1, len(PHQ9_ITEMS)), ("label", 0, 3)):
+        value = row[name]
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            value = operator.index(value)
+        except TypeError:
+            raise ValueError(f"{where}: {name} must be an integer {low}-{high}, got {value!r}") from None
+        if not low <= value <= high:
+            raise ValueError(f"{where}: {name} must be an integer {low}-{high}, got {value!r}")
+        values[name] = value
+    for name in ("item_name", "transcript", "split"):
+        if not isinstance(row[name], str):
+            raise ValueError(f"{where}: {name} must be a string, got {type(row[name]).__name__}")
+    if not row["item_name"]:
+        raise ValueError(f"{where}: item_name must be a non-empty string")
+    return {
+        "participant_id": participant_id,
+        "item_index": values["item_index"],
+        "item_name": row["item_name"],
+        "transcript": row["transcript"],
+        "label": values["label"],
+        "split": row["split"],
+    }
+
+
+@dataclass
+class DistillSummary:
+    written: int = 0
+    skipped: int = 0
+    failed: int = 0
+    unlabelled: int = 0
+    failed_keys: list[tuple[str, int]] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        text = f"written {self.written}, skipped (already done) {self.skipped}, failed {self.failed}"
+        return text + (f", no label (not distilled) {self.unlabelled}" if self.unlabelled else "")
+
+
+def distill(
+    rows: Iterable[dict[str, Any]],
+    teacher: Teacher,
+    output: str | Path,
+    splits: Sequence[str] | None = DEFAULT_SPLITS,
+    format_retries: int = 2,
+    limit: int | None = None,
+    progress: bool = True,
+) -> DistillSummary:
+    """Asks ``teacher`` for a rationale for each row of ``splits`` (None: all) not yet in ``output``.
+
+    Accepted rationales are appended to ``output`` one by one as they arrive; a reply that breaks
+    the format is asked again up to ``format_retries`` times, then recorded (with the reason and
+    the last reply) in the failures file beside ``output``, as is a teacher error. Rows without a
+    label (``None``) are counted, not distilled; any other invalid row raises before the teacher runs.
+    """
+    from tqdm.auto import tqdm
+
+    writer = RationaleWriter(output)
+    summary = DistillSummary()
+    todo: list[dict[str, Any]] = []
+    queued: set[tuple[str, int]] = set()
+    mismatched_names: set[tuple[int, str]] = set()
+    for number, raw in enumerate(rows):
+        raw = dict(raw)
+        if splits is not None and "split" in raw and raw["split"] not in splits:
+            continue
+        if raw.get("label", 0) is None:  # e.g. a participant without item labels: nothing to condition on
+            summary.unlabelled += 1
+            continue
+        row = validate_row(raw, f"row {number}")
+        key = (row["participant_id"], row["item_index"])
+        if writer.has(*key) or key in queued:
+            summary.skipped += 1
+            continue
+        expected_name = PHQ9_ITEMS[row["item_index"] - 1].name
+        if row["item_name"] != expected_name and (row["item_index"], row["item_name"]) not in mismatched_names:
+            mismatched_names.add((row["item_index"], row["item_name"]))
+            logger.warning(
+                "item %d is named %r in the data, %r in the PHQ table: the prompt uses the PHQ aspect",
+                row["item_index"],
+                row["item_name"],
+                expected_name,
+            )
+        queued.add(key)
+        todo.append(row)
+    if limit is not None:
+        todo = todo[:limit]
+
+    def fail(row: dict[str, Any], reason: str, **extra: Any) -> None:
+        writer.write_failure(
+            row["participant_id"],
+            row["item_index"],
+            reason,
+            item_name=row["item_name"],
+            split=row["split"],
+            teacher=teacher.name,
+            prompt_version=PROMPT_VERSION,
+            time=datetime.now(timezone.utc).isoformat(),
+            **extra,
+        )
+        summary.failed += 1
+        summary.failed_keys.append((row["participant_id"], row["item_index"]))
+
+    bar = tqdm(total=len(todo), desc=f"rationales ({teacher.name})", unit="item", disable=not progress)
+    for start in range(0, len(todo), teacher.batch_size):
+        pending = [row for row in todo[start : start + teacher.batch_size] if row["transcript"].strip()]
+        for row in todo[start : start + teacher.batch_size]:
+            if not row["transcript"].strip():
+                fail(row, "empty transcript: nothing for the teacher to read", attempts=0)
+                bar.update()
+        last_problem: dict[tuple[str, int], tuple[str, str]] = {}
+        for attempt in range(format_retries + 1):
+            if not pending:
+                break
+            retry = []
+            for index, reply in teacher.generate([build_messages(row) for row in pending], attempt):
+                row = pending[index]
+                if reply.error is not None:
+                    fail(row, reply.error, attempts=attempt + 1)
+                    bar.update()
+                    continue
+                try:
+                    rationale = parse_reply(reply.text, row["label"])
+                except ReplyFormatError as error:
+                    last_problem[(row["participant_id"], row["item_index"])] = (str(error), reply.text or "")
+                    retry.append(row)
+                    continue
+                record = Rationale(
+                    participant_id=row["participant_id"],
+                    item_index=row["item_index"],
+                    item_name=row["item_name"],
+                    label=row["label"],
+                    rationale=rationale,
+                    teacher=teacher.name,
+                    prompt_version=PROMPT_VERSION,
+                )
+                if writer.write(record):
+                    summary.written += 1
+                else:  # written meanwhile by another run
+                    summary.skipped += 1
+                bar.update()
+            pending = retry
+        for row in pending:
+            problem, reply = last_problem[(row["participant_id"], row["item_index"])]
+            fail(
+                row,
+                f"malformed reply after {format_retries + 1} attempts: {problem}",
+                attempts=format_retries + 1,
+                reply=reply[:MAX_STORED_REPLY_CHARS],
+            )
+            bar.update()
+    bar.close()
+    return summary
+
+
+# ----------------------------------------------------------------------------- CLI
+def load_rows(
+    data_dir: str | Path, dataset_format: str, splits: Sequence[str] | None, **corpus_kwargs: Any
+) -> list[dict[str, Any]]:
+    """Rows of the requested splits from ``corpora.load_corpus`` or a ``save_to_disk`` folder."""
+    if dataset_format == "prepared":
+        from datasets import DatasetDict, load_from_disk
+
+        dataset = load_from_disk(str(data_dir))
+    else:
+        try:
+            from corpora import load_corpus
+        except ImportError as error:
+            raise ValueError(
+                f"--dataset_format {dataset_format!r} needs the corpus loaders (corpora.py), which cannot be imported "
+                f"({error}); use --dataset_format prepared with a datasets.save_to_disk folder instead"
+            ) from None
+        from datasets import DatasetDict
+
+        dataset = load_corpus(str(data_dir), dataset_format, **corpus_kwargs)
+    if not isinstance(dataset, DatasetDict):  # one table with a split column
+        return [dict(row) for row in dataset]
+    names = list(dataset) if splits is None else [name for name in splits if name in dataset]
+    absent = [] if splits is None else [name for name in splits if name not in dataset]
+    if absent:
+        logger.warning("%s has no split(s) %s (it has %s)", data_dir, absent, list(dataset))
+    if not names:
+        raise ValueError(f"{data_dir}: none of the splits {list(splits or [])} exist (it has {list(dataset)})")
+    rows = []
+    for name in names:
+        for row in dataset[name]:
+            rows.append({"split": name, **dict(row)})
+    return rows
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description="Distil teacher rationales (paper Table 1) into rationales.jsonl.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog=LICENCE_NOTICE,
+    )
+    data = parser.add_argument_group("data")
+    data.add_argument("--data_dir", required=True, help="corpus root, or a datasets.save_to_disk folder")
+    data.add_argument(
+        "--dataset_format",
+        required=True,
+        help="a corpora.load_corpus format (edaic, daic, cmdc, ...) or 'prepared' (a datasets.save_to_disk folder)",
+    )
+    data.add_argument("--corpus_kwargs", default="{}", help="JSON object of extra keyword arguments for load_corpus")
+    data.add_argument(
+        "--splits",
+        nargs="+",
+        default=list(DEFAULT_SPLITS),
+        help="splits to distil ('all' for every split); the teacher sees labels, so never the test split",
+    )
+    data.add_argument("--output", required=True, help="rationales.jsonl (failures go to rationales.failures.jsonl)")
+    data.add_argument("--limit", type=int, default=None, help="at most this many new items (a smoke run)")
+    teacher = parser.add_argument_group("teacher")
+    teacher.add_argument("--teacher", required=True, choices=("local", "openai"), help="where the teacher runs")
+    teacher.add_argument("--teacher_model", required=True, help="local model folder, or the model name at the endpoint")
+    teacher.add_argument(
+        "--teacher_name",
+        default=None,
+        help="name stored in each record; unset: the model folder's name or the endpoint's model name",
+    )
+    teacher.add_argument("--format_retries", type=int, default=2, help="extra attempts after a malformed reply")
+    teacher.add_argument(
+        "--temperature",
+        type=float,
+        default=None,
+        help="sampling temperature (openai: sent only when set; local: for sampling, default 0.8)",
+    )
+    teacher.add_argument("--max_new_tokens", type=int, default=None, help="reply length cap (local default 256)")
+    local = parser.add_argument_group("local teacher")
+    local.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    local.add_argument(
+        "--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"), help="model dtype"
+    )
+    local.add_argument("--batch_size", type=int, default=4, help="prompts generated together (left-padded)")
+    local.add_argument("--do_sample", action="store_true", help="sample from the first attempt (default greedy)")
+    local.add_argument("--top_k", type=int, default=10, help="top-k when sampling (the paper's 10)")
+    remote = parser.add_argument_group("OpenAI-compatible endpoint")
+    remote.add_argument("--api_base", default=None, help="e.g. http://127.0.0.1:8000/v1")
+    remote.add_argument("--api_key_env", default="OPENAI_API_KEY", help="environment variable holding the API key")
+    remote.add_argument(
+        "--allow-remote",
+        "--allow_remote",
+        dest="allow_remote",
+        action="store_true",
+        help="permit an endpoint that is not on this machine (read the licence note below first)",
+    )
+    remote.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
+    remote.add_argument("--http_retries", type=int, default=5, help="retries after 5xx/429/connection errors")
+    remote.add_argument("--retry_base_delay", type=float, default=1.0, help="first back-off delay (doubles each retry)")
+    remote.add_argument("--max_retry_delay", type=float, default=60.0, help="cap on one back-off delay (s)")
+    remote.add_argument("--num_workers", type=int, default=1, help="concurrent requests")
+    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    api_key = None
+    if args.teacher == "openai":
+        if not args.api_base:
+            parser.error("--teacher openai needs --api_base")
+        try:
+            check_endpoint_allowed(args.api_base, args.allow_remote)  # before reading or writing anything
+        except ValueError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        api_key = os.environ.get(args.api_key_env) or None
+        if api_key is None:
+            if not is_loopback_url(args.api_base):
+                print(f"error: no API key: set the environment variable {args.api_key_env}", file=sys.stderr)
+                return 2
+            logger.warning("%s is not set: sending no Authorization header", args.api_key_env)
+    try:
+        corpus_kwargs = json.loads(args.corpus_kwargs)
+        if not isinstance(corpus_kwargs, dict):
+            raise ValueError("not a JSON object")
+    except ValueError as error:
+        parser.error(f"--corpus_kwargs must be a JSON object ({error})")
+    splits = None if args.splits == ["all"] else args.splits
+    if splits is not None and "test" in splits:
+        logger.warning("distilling the test split: the teacher sees its labels; keep these out of evaluation")
+
+    try:
+        rows = load_rows(args.data_dir, args.dataset_format, splits, **corpus_kwargs)
+        if args.teacher == "openai":
+            teacher: Teacher = OpenAICompatibleTeacher(
+                args.api_base,
+                args.teacher_model,
+                api_key=api_key,
+                allow_remote=args.allow_remote,
+                name=args.teacher_name,
+                timeout=args.timeout,
+                http_retries=args.http_retries,
+                retry_base_delay=args.retry_base_delay,
+                max_retry_delay=args.max_retry_delay,
+                num_workers=args.num_workers,
+                temperature=args.temperature,
+                max_tokens=args.max_new_tokens,
+            )
+        else:
+            teacher = LocalTeacher(
+                args.teacher_model,
+                name=args.teacher_name,
+                device=args.device,
+                dtype=args.dtype,
+                batch_size=args.batch_size,
+                max_new_tokens=args.max_new_tokens or 256,
+                do_sample=args.do_sample,
+                temperature=0.8 if args.temperature is None else args.temperature,
+                top_k=args.top_k,
+            )
+        summary = distill(
+            rows,
+            teacher,
+            args.output,
+            splits=splits,
+            format_retries=args.format_retries,
+            limit=args.limit,
+            progress=not args.no_progress,
+        )
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: every finished record is in {args.output}; rerun to resume", file=sys.stderr)
+        return 130
+    print(f"{summary} -> {args.output}", file=sys.stderr)
+    if summary.failed:
+        print(f"failures recorded in {failures_path(args.output)} (a rerun retries them)", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+__all__ = [
+    "DEFAULT_SPLITS",
+    "DistillSummary",
+    "LICENCE_NOTICE",
+    "LocalTeacher",
+    "OpenAICompatibleTeacher",
+    "PROMPT_VERSION",
+    "RemoteEndpointRefused",
+    "ReplyFormatError",
+    "TEACHER_INSTRUCTION",
+    "Teacher",
+    "TeacherReply",
+    "build_messages",
+    "check_endpoint_allowed",
+    "distill",
+    "is_loopback_url",
+    "load_rows",
+    "parse_reply",
+    "validate_row",
+]
+
+if __name__ == "__main__":
+    sys.exit(main())
