@@ -1,12 +1,16 @@
-# One command sets up its own environment from nothing and runs: `make test`.
+# Each command sets up its own environment from nothing: `make test` (the suite), `make demo` (the main job).
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 
-.PHONY: test install clean-env
+.PHONY: test demo install clean-env
 
 test: $(VENV)/.installed
 	$(BIN)/python -m pytest -q
+
+# The main job: SmolLM2 backbone, synthetic corpus, stage 1, stage 2, evaluation, one report.
+demo: $(VENV)/.installed
+	$(BIN)/python scripts/run_demo.py
 
 install: $(VENV)/.installed
 
