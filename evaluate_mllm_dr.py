@@ -266,9 +266,10 @@ def generate_with_shared_prefix(model, batch: dict[str, torch.Tensor], **generat
     ids, mask = batch["input_ids"], batch["attention_mask"].bool()
     real = [row[m] for row, m in zip(ids, mask)]
     shortest = min(len(r) for r in real)
-    common = 0
-    while common < shortest - 1 and all(bool(r[common] == real[0][common]) for r in real[1:]):
-        common += 1
+    stacked = torch.stack([r[:shortest] for r in real])
+    differs = (~(stacked == stacked[0]).all(dim=0)).nonzero()
+    # the longest common prefix, leaving every item at least one token of its own to prefill
+    common = min(int(differs[0]) if len(differs) else shortest, shortest - 1)
     prefix = real[0][:common].unsqueeze(0)
     features = {k: v[:1] for k, v in batch.items() if k.startswith(("audio_", "video_"))}
     prefill = model(

@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -417,8 +418,6 @@ class MllmDrTrainer(Trainer):
         in_optimizer = {n for names in names_in_groups.values() for n in names}
         if len(in_optimizer) != len(base_names):
             raise RuntimeError(f"optimizer holds {len(in_optimizer)} tensors but {len(base_names)} require grad")
-        import re
-
         expected = {n for n, _ in unwrap(model).named_parameters() if any(re.fullmatch(p, n) for p in self.expected_trainable)}
         missing, extra = sorted(expected - base_names), sorted(base_names - expected)
         if missing or extra:

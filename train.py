@@ -200,7 +200,7 @@ def build_config_overrides(model_args: ModelArguments) -> dict[str, Any]:
     preset = {"paper": MllmDrConfig.paper_preset, "demo": MllmDrConfig.demo_preset}.get(model_args.preset)
     if preset is None:
         raise SystemExit(f"--preset must be paper or demo, got {model_args.preset}")
-    base = preset(text_config={"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4})
+    base = preset()  # only its LQ-former and head settings are used: the backbone comes from --backbone
     overrides: dict[str, Any] = {
         "audio_config": base.audio_config.to_dict(),
         "video_config": base.video_config.to_dict(),

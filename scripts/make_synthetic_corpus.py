@@ -376,6 +376,7 @@ def _adjacent(level: int, rng: np.random.Generator) -> int:
 def plan_participant(
     pid: int, split: str, seed: int, item_correlation: float = DEFAULT_ITEM_CORRELATION,
     text_noise: float = DEFAULT_TEXT_NOISE,
+    phrasings: int | None = None,
 ) -> Participant:
     """Labels and planted phrases of one participant: a Gaussian copula over a latent severity, so
     each item keeps its E-DAIC-like marginal whatever ``item_correlation`` is."""
@@ -393,7 +394,7 @@ def plan_participant(
         level = participant.score(item)
         if phrase_rng.random() < text_noise:
             level = _adjacent(level, phrase_rng)
-        options = PHRASES[item][level]
+        options = PHRASES[item][level][:phrasings]  # fewer phrasings: an easier task for tiny budgets
         participant.phrase_levels[item] = level
         participant.phrases[item] = options[int(phrase_rng.integers(len(options)))]
         participant.prompts[item] = PROMPTS[item][int(phrase_rng.integers(len(PROMPTS[item])))]
@@ -403,11 +404,14 @@ def plan_participant(
 def plan_corpus(
     participants: int, seed: int, item_correlation: float = DEFAULT_ITEM_CORRELATION,
     text_noise: float = DEFAULT_TEXT_NOISE,
+    phrasings: int | None = None,
 ) -> list[Participant]:
     """All participants, sorted by id (what ``make_synthetic_corpus`` writes, without writing)."""
     ids = assign_ids(participants, seed)
     planned = [
-        plan_participant(pid, split, seed, item_correlation, text_noise) for split, pids in ids.items() for pid in pids
+        plan_participant(pid, split, seed, item_correlation, text_noise, phrasings)
+        for split, pids in ids.items()
+        for pid in pids
     ]
     return sorted(planned, key=lambda p: p.pid)
 
@@ -712,7 +716,7 @@ def signal_map(corpus: Sequence[Participant], arguments: dict[str, Any]) -> dict
         entry: dict[str, Any] = {"name": item.name, "modality": modality, "marginal": list(ITEM_MARGINALS[item.index])}
         if modality == "text":
             entry.update(
-                phrases_per_level=[len(level) for level in PHRASES[item.index]],
+                phrases_per_level=[len(level[: arguments.get("phrasings")]) for level in PHRASES[item.index]],
                 adjacent_level_noise=arguments["text_noise"],
             )
         else:
@@ -759,6 +763,7 @@ def synthetic_md(info: dict[str, Any]) -> str:
         + (f" --item-correlation {args['item_correlation']:g}" if args["item_correlation"] != DEFAULT_ITEM_CORRELATION
            else "")
         + ("" if args["text_noise"] == DEFAULT_TEXT_NOISE else f" --text-noise {args['text_noise']:g}")
+        + ("" if args.get("phrasings") is None else f" --phrasings {args['phrasings']}")
     )
     s = info["summary"]
     n_train, n_dev, n_test = (len(info["splits"][k]) for k in ("train", "dev", "test"))
@@ -872,6 +877,7 @@ def make_synthetic_corpus(
     force: bool = False,
     item_correlation: float = DEFAULT_ITEM_CORRELATION,
     text_noise: float = DEFAULT_TEXT_NOISE,
+    phrasings: int | None = None,
 ) -> dict[str, Any]:
     """Writes the corpus to ``output`` atomically (built in a hidden sibling folder, renamed into
     place) and returns a summary: output, splits (ids), frames, totals, files, bytes, elapsed_s."""
@@ -887,6 +893,8 @@ def make_synthetic_corpus(
         raise ValueError(f"item_correlation must be in [0, 1], got {item_correlation}")
     if not 0.0 <= text_noise <= 1.0:
         raise ValueError(f"text_noise must be in [0, 1], got {text_noise}")
+    if phrasings is not None and not 1 <= phrasings <= 4:
+        raise ValueError(f"phrasings must be 1-4 (phrasings per score level), got {phrasings}")
     split_sizes(participants)
     _check_output(output, force)
 
@@ -894,9 +902,9 @@ def make_synthetic_corpus(
     arguments = {
         "participants": int(participants), "seed": seed, "seconds": seconds, "turns": int(turns),
         "test_item_labels": bool(test_item_labels), "item_correlation": float(item_correlation),
-        "text_noise": float(text_noise),
+        "text_noise": float(text_noise), "phrasings": phrasings,
     }
-    corpus = plan_corpus(participants, seed, item_correlation, text_noise)
+    corpus = plan_corpus(participants, seed, item_correlation, text_noise, phrasings)
     frames = frame_counts(seconds)
 
     output.parent.mkdir(parents=True, exist_ok=True)
@@ -984,13 +992,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--text-noise", type=float, default=DEFAULT_TEXT_NOISE,
         help=f"probability that a planted answer uses an adjacent level's phrase; default {DEFAULT_TEXT_NOISE}",
     )
+    parser.add_argument(
+        "--phrasings", type=int, default=None,
+        help="use only the first K (1-4) phrasings per score level: an easier text task for small training budgets",
+    )
     parser.add_argument("--force", action="store_true", help="replace an existing synthetic corpus at --output")
     args = parser.parse_args(argv)
     try:
         summary = make_synthetic_corpus(
             args.output, args.participants, args.seed, seconds=args.seconds, turns=args.turns,
             test_item_labels=not args.no_test_item_labels, force=args.force,
-            item_correlation=args.item_correlation, text_noise=args.text_noise,
+            item_correlation=args.item_correlation, text_noise=args.text_noise, phrasings=args.phrasings,
         )
     except (FileExistsError, ValueError) as error:
         parser.exit(2, f"error: {error}\n")

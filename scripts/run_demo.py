@@ -60,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--participants", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=4.0, help="feature length per interview")
     parser.add_argument("--turns", type=int, default=6, help="participant answers per transcript")
+    parser.add_argument("--phrasings", type=int, default=1, help="phrasings per score level in the synthetic transcripts")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--batch_size", type=int, default=8)
     parser.add_argument("--stage1_steps", type=int, default=12)
@@ -89,7 +90,8 @@ def main(argv: list[str] | None = None) -> int:
     run(
         "corpus",
         [python, "scripts/make_synthetic_corpus.py", "--output", str(corpus), "--participants", str(args.participants),
-         "--seed", str(args.seed), "--seconds", str(args.seconds), "--turns", str(args.turns)],
+         "--seed", str(args.seed), "--seconds", str(args.seconds), "--turns", str(args.turns),
+         "--phrasings", str(args.phrasings)],
         timings, logs,
     )
     run(
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "stage2",
         [python, "train.py", "--stage", "2", "--init_from", str(stage1), "--output_dir", str(stage2),
          "--rationales", str(corpus / "rationales.jsonl"), "--num_train_epochs", str(args.stage2_epochs),
-         "--lora_learning_rate", "1e-3", "--head_learning_rate", "1e-3", "--warmup_steps", "3", *common_train],
+         "--lora_learning_rate", "2e-3", "--head_learning_rate", "3e-3", "--warmup_steps", "3", *common_train],
         timings, logs,
     )
     evals = {

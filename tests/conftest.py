@@ -17,60 +17,7 @@ from configuration_mllm_dr import LQFormerConfig, MllmDrConfig  # noqa: E402
 from modeling_mllm_dr import MllmDrForConditionalGeneration  # noqa: E402
 from processing_mllm_dr import MllmDrProcessor  # noqa: E402
 
-CHATML_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-CORPUS = [
-    "You are a psychiatrist, assessing the participant's mental health in certain aspects.",
-    "Interview transcript: I have been sleeping badly and I feel tired most days.",
-    "Evaluation Reason: The participant reports poor sleep. Score: 0 1 2 3",
-    "Please evaluate the participant's interest or pleasure in doing things over the last two weeks.",
-    "Audio features of the interview. Visual features of the interview. The output format is as follows.",
-    "hello how are you doing today I am fine thanks, work family friends appetite energy mood",
-]
-
-
-def make_tokenizer(chat_template: bool = True):
-    """A small byte-level BPE tokenizer trained in-process (vocab ~400)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    backend.train_from_iterator(CORPUS * 4, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", bos_token="<|endoftext|>", pad_token="<|im_end|>"
-    )
-    if chat_template:
-        tokenizer.chat_template = CHATML_TEMPLATE
-    return tokenizer
-
-
-def tiny_text_config(vocab_size: int, tie: bool = True):
-    from transformers import LlamaConfig
-
-    return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=96,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=2048,
-        tie_word_embeddings=tie,
-        bos_token_id=0,
-        eos_token_id=2,
-        pad_token_id=2,
-    )
+from tiny_models import CHATML_TEMPLATE, make_tokenizer, tiny_text_config  # noqa: E402,F401
 
 
 def tiny_lqformer(feature_dim: int, queries: int = 4) -> LQFormerConfig:
