@@ -586,8 +586,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cutoff", type=float, default=10.0, help="binary label: total >= cutoff (authors used 9)")
     parser.add_argument("--n_bootstrap", type=int, default=1000)
-    parser.add_argument("--unparsed_score", type=float, default=1.5,
-                        help="item score used when the text breaks format and no head can stand in (zero-shot)")
+    parser.add_argument("--unparsed_score", type=float, default=0.0,
+                        help="item score used when the text breaks format and no head can stand in (zero-shot, "
+                        "--score_source generated); default 0: a failure scores nothing. The authors' code put in "
+                        "1.5, a filler that hides failures")
     parser.add_argument("--zero_shot", action="store_true", help="evaluate an untrained backbone with the same prompts")
     parser.add_argument("--train_mean", action="store_true", help="baseline: each item's training-set mean")
     parser.add_argument("--aggregate", nargs="+", metavar="RUN_DIR", help="summarise several evaluation outputs")

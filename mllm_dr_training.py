@@ -14,13 +14,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import math
 import os
 import platform
 import re
 import shutil
 import subprocess
-import sys
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -32,7 +30,7 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
 from configuration_mllm_dr import MllmDrConfig
-from modeling_mllm_dr import MODALITIES, MllmDrForConditionalGeneration
+from modeling_mllm_dr import MllmDrForConditionalGeneration
 from processing_mllm_dr import MllmDrProcessor
 
 logger = logging.getLogger(__name__)

@@ -27,7 +27,6 @@ from transformers import AutoModelForCausalLM, GenerationMixin, PreTrainedModel
 from transformers.activations import ACT2FN
 from transformers.generation.utils import GenerateDecoderOnlyOutput
 from transformers.modeling_outputs import CausalLMOutputWithPast
-from transformers.utils import ModelOutput
 
 try:
     from .configuration_mllm_dr import AUDIO_PLACEHOLDER, VIDEO_PLACEHOLDER, LQFormerConfig, MllmDrConfig

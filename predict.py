@@ -172,7 +172,7 @@ def main(argv: list[str] | None = None) -> int:
     for i, (item, text) in enumerate(zip(item_list, texts)):
         parsed, rationale = processor.parse_output(text)
         head = float(out.head_score[i]) if out.head_score is not None else None
-        score, fell_back = choose_score(parsed, head, "generated_with_head_fallback", 1.5, 0, 3)
+        score, fell_back = choose_score(parsed, head, "generated_with_head_fallback", 0.0, 0, 3)
         items.append({"item_index": item.index, "item_name": item.name, "score": score, "parsed_score": parsed,
                       "head_score": head, "fell_back": fell_back, "rationale": rationale, "generated_text": text})
     report = build_report(items, args.cutoff, processor.questionnaire, missing, participant)

@@ -22,7 +22,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 ROOT = Path(__file__).resolve().parent

@@ -13,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from configuration_mllm_dr import LQFormerConfig, MllmDrConfig  # noqa: E402
+from configuration_mllm_dr import LQFormerConfig  # noqa: E402
 from modeling_mllm_dr import MllmDrForConditionalGeneration  # noqa: E402
 from processing_mllm_dr import MllmDrProcessor  # noqa: E402
 

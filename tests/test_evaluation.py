@@ -153,7 +153,7 @@ def test_baselines_and_aggregate(setup, tmp_path, backbone_dir, capsys):
     zero_predictions = [json.loads(line) for line in (tmp_path / "zero" / "predictions.jsonl").read_text().splitlines()]
     assert all(p["head_score"] is None and not p["fell_back"] for p in zero_predictions)
     assert zero["format_failures"] == sum(p["parsed_score"] is None for p in zero_predictions)
-    assert all(p["score"] == 1.5 for p in zero_predictions if p["parsed_score"] is None)
+    assert all(p["score"] == 0.0 for p in zero_predictions if p["parsed_score"] is None)  # a failure scores nothing
 
     ev.main(["--aggregate", str(tmp_path / "mean"), str(tmp_path / "zero")])
     table = capsys.readouterr().out
