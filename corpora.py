@@ -621,6 +621,15 @@ def _to_dataset_dict(rows: list[dict[str, Any]]) -> datasets.DatasetDict:
     return datasets.DatasetDict(out)
 
 
+def _split_membership(tables: Mapping[str, _Table]) -> dict[str, list[str]]:
+    """Participant id -> the split files that list it (more than one is broken data)."""
+    membership: dict[str, list[str]] = defaultdict(list)
+    for split, table in tables.items():
+        for pid in table.order:
+            membership[pid].append(split)
+    return membership
+
+
 def _note_total_mismatch(labels: Mapping[int, int | None], total: int | None, pid: str, notes: _Notes) -> None:
     known = [v for v in labels.values() if v is not None]
     if total is not None and len(known) == len(labels) and sum(known) != total:
@@ -699,10 +708,7 @@ def load_edaic(
         table = _read_table(path, key)
         item_sources.append((table, _phq8_item_columns(table)))
 
-    membership: dict[str, list[str]] = defaultdict(list)
-    for split, table in split_tables.items():
-        for pid in table.order:
-            membership[pid].append(split)
+    membership = _split_membership(split_tables)
 
     _note_unlisted_folders(root, membership, notes)
     rows: list[dict[str, Any]] = []
@@ -859,10 +865,7 @@ def load_daic_woz(
         "test": _read_table(test_path, key),
     }
     item_columns = {split: _phq8_item_columns(tables[split]) for split in ("train", "dev")}
-    membership: dict[str, list[str]] = defaultdict(list)
-    for split, table in tables.items():
-        for pid in table.order:
-            membership[pid].append(split)
+    membership = _split_membership(tables)
 
     _note_unlisted_folders(root, membership, notes)
     rows: list[dict[str, Any]] = []

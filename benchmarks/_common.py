@@ -25,7 +25,6 @@ RESULTS_DIR = ROOT / "benchmarks" / "results"
 _STARTED = time.perf_counter()
 
 
-
 # ----------------------------------------------------------------------------- machine and memory
 def cpu_model() -> str:
     """The CPU's name from /proc/cpuinfo (platform.processor() is often empty on Linux)."""

@@ -28,19 +28,8 @@ import torch  # noqa: E402
 SMOLLM2_DIR = ROOT / ".cache" / "backbones" / "smollm2-135m-instruct"
 RESULTS_DIR = ROOT / "benchmarks" / "results"
 
-# The tiny tokenizer of ``--quick`` runs (the same construction as tests/conftest.py, without pytest).
-
-
 # ----------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    """The CPU's name as /proc/cpuinfo gives it (platform.processor() is often empty on Linux)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+from _common import cpu_model  # noqa: E402  (one copy, shared with the other benchmarks)
 
 
 def git_commit() -> str | None:
