@@ -22,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 ROOT = Path(__file__).resolve().parent
@@ -391,6 +392,11 @@ def main(argv: list[str] | None = None) -> int:
         write_json_atomic(out / "run_manifest.json", manifest)
         if args.push_to_hub:
             trainer.push_to_hub(commit_message=f"MLlm-DR stage {args.stage}")
+    # Every rank waits for the main one to finish exporting, then the process group is torn down:
+    # a rank that exits while another still runs can make gloo abort the survivor (SIGABRT).
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
 
 
