@@ -498,34 +498,15 @@ def test_cli_reads_rows_through_corpora_lazily(tmp_path, monkeypatch):
 
 
 # ----------------------------------------------------------------------------- the local teacher
-CHATML = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
-    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-
-
 @pytest.fixture(scope="module")
 def local_teacher_dir(tmp_path_factory) -> Path:
-    """A tiny random Llama and a 300-token byte-level BPE tokenizer with a ChatML template."""
+    """A tiny random Llama with the shared in-process tokenizer (ChatML template, pad = EOS)."""
     import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+    from transformers import LlamaConfig, LlamaForCausalLM
 
-    backend = Tokenizer(models.BPE())
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=300,
-        special_tokens=["<|endoftext|>", "<|im_start|>", "<|im_end|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    corpus = [DEFAULT_SYSTEM_PROMPT, dr.TEACHER_INSTRUCTION, "Evaluation Reason: The participant sleeps badly."]
-    backend.train_from_iterator(corpus * 3, trainer)
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, eos_token="<|im_end|>", pad_token="<|im_end|>", bos_token="<|endoftext|>"
-    )
-    tokenizer.chat_template = CHATML
+    from tiny_models import make_tokenizer
+
+    tokenizer = make_tokenizer()
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
