@@ -83,6 +83,9 @@ def item_seed(seed: int, participant_id: str, item_index: int) -> int:
 
 
 # ----------------------------------------------------------------------------- model loading
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
 def load_model(args: argparse.Namespace):
     """(model, processor, description) for a checkpoint, an adapter export, a training output, or
     (``--zero_shot``) an untrained backbone with the same text prompts."""
@@ -421,6 +424,22 @@ def compute_metrics(predictions: list[dict[str, Any]], args: argparse.Namespace,
         n_bootstrap=args.n_bootstrap,
         seed=args.seed,
     )
+    if not baseline and args.score_source != "head" and labelled and all(p["head_score"] is not None for p in predictions):
+        # The MAA head's own scores, whatever the text said: how far the regression path alone gets.
+        head_scored = [{**p, "score": choose_score(None, p["head_score"], "head", 0.0, 0, 3)[0]} for p in predictions]
+        head_totals = [t for t in participant_totals(head_scored) if t["true_total"] is not None]
+        head_labelled = [p for p in head_scored if p.get("label") is not None]
+        head_metrics = compute_phq_metrics(
+            [t["predicted_total"] for t in head_totals],
+            [t["true_total"] for t in head_totals],
+            cutoff=args.cutoff,
+            item_predictions=[p["score"] for p in head_labelled],
+            item_references=[p["label"] for p in head_labelled],
+            item_indices=[p["item_index"] for p in head_labelled],
+            n_bootstrap=0,
+            seed=args.seed,
+        )
+        metrics["head_only"] = {k: v for k, v in head_metrics.items() if not k.endswith("_ci95")}
     n_items = len(predictions)
     failures = sum(p["parsed_score"] is None for p in predictions)
     both = [p for p in predictions if p["parsed_score"] is not None and p["head_score"] is not None]
@@ -521,6 +540,13 @@ def write_report(predictions, metrics, manifest, out: Path, figures: list[str]) 
         f"| Head fallbacks | {metrics['fallback_count']} |",
         "",
     ]
+    head = metrics.get("head_only")
+    if head:
+        lines += [
+            f"The MAA head's scores alone (no text): CCC {fmt(head['ccc'])}, RMSE {fmt(head['rmse'])}, "
+            f"MAE {fmt(head['mae'])}, F1 {fmt(head['f1'])}.",
+            "",
+        ]
     lines += [f"![{name}]({name})" for name in figures]
     example = next((p for p in predictions if p.get("rationale")), None)
     if example is not None:
@@ -600,6 +626,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cmdc_split", default="authors")
     parser.add_argument("--limit_participants", type=int, default=None, help="evaluate only the first N participants")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES),
+                        help="weights' dtype for inference (bfloat16 halves memory; on a CPU with AVX512-BF16 it is also faster)")
     return parser.parse_args(argv)
 
 
@@ -628,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.model is None:
             raise SystemExit("--model is required")
         model, processor, description = load_model(args)
-        model.to(args.device)
+        model.to(device=args.device, dtype=DTYPES[args.dtype])
         if args.max_transcript_tokens:
             processor.max_transcript_tokens = args.max_transcript_tokens
         mode = prompt_mode(2, bool(model.config.use_audio), bool(model.config.use_video))
@@ -645,6 +673,7 @@ def main(argv: list[str] | None = None) -> int:
                  "items": len(rows), "participants": len({r["participant_id"] for r in rows})},
         "generation": "greedy" if args.greedy else f"sampling, temperature {args.temperature}, top_k {args.top_k}, a seed per item",
         "max_new_tokens": args.max_new_tokens,
+        "dtype": None if model is None else args.dtype,
         "prefix_reuse": args.prefix_reuse,
         "seed": args.seed,
         "score_source": args.score_source,

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from evaluate_mllm_dr import DISCLAIMER, choose_score, item_seed, load_model, PerItemSampler  # noqa: E402
+from evaluate_mllm_dr import DTYPES, DISCLAIMER, choose_score, item_seed, load_model, PerItemSampler  # noqa: E402
 from mllm_dr_training import prompt_mode, read_feature_arrays  # noqa: E402
 
 SELF_HARM_ITEM = 9
@@ -122,6 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max_new_tokens", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default="float32", choices=sorted(DTYPES), help="weights' dtype for inference")
     args = parser.parse_args(argv)
     args.zero_shot = False
     args.dataset_format = "edaic"
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     if not transcript.strip():
         raise SystemExit(f"--transcript {args.transcript}: the transcript is empty")
     model, processor, _ = load_model(args)
-    model.to(args.device)
+    model.to(device=args.device, dtype=DTYPES[args.dtype])
     mode = prompt_mode(2, bool(model.config.use_audio), bool(model.config.use_video))
     _, use_audio, use_video = processor._mode(mode)
     features: dict[str, Any] = {}

@@ -101,6 +101,10 @@ class MllmDrTrainingArguments(TrainingArguments):
     projector_learning_rate: float = 5e-4
     lqformer_learning_rate: float = 1e-4
     head_learning_rate: float = 1e-4
+    final_dev_eval: bool = field(
+        default=True,
+        metadata={"help": "Score the dev split once after training (--no_final_dev_eval skips it, e.g. for short demo runs)."},
+    )
     overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty output_dir."})
     i_may_share_weights: bool = field(
         default=False,
@@ -366,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
     metrics = dict(result.metrics)
     evaluated = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
-    if len(dev_rows):
+    if len(dev_rows) and args.final_dev_eval:
         metrics.update(evaluated[-1] if evaluated and evaluated[-1].get("step") == trainer.state.global_step else trainer.evaluate())
     manifest["final_metrics"] = metrics
     manifest["global_step"] = trainer.state.global_step

@@ -217,3 +217,16 @@ def test_prefix_reuse_matches_full_prefill(setup):
     torch_close(reused.head_score, plain.head_score, atol=1e-4, rtol=1e-4)
     torch_close(reused.scores[0], plain.scores[0], atol=1e-3, rtol=1e-3)  # first-step logits
     assert (reused.sequences[:, prompt_length:] == plain.sequences[:, batch["input_ids"].shape[1]:]).all()
+
+
+def test_bfloat16_inference_runs_and_is_recorded(setup, tmp_path):
+    root, corpus = setup
+    metrics = run_eval(root / "s2", corpus, tmp_path / "bf16", "--greedy", "--dtype", "bfloat16")
+    manifest = json.loads((tmp_path / "bf16" / "manifest.json").read_text())
+    assert manifest["dtype"] == "bfloat16"
+    predictions = [json.loads(line) for line in (tmp_path / "bf16" / "predictions.jsonl").read_text().splitlines()]
+    assert len(predictions) == 15 and all(math.isfinite(p["head_score"]) for p in predictions)
+    assert metrics["mae"] is not None
+    # a different dtype is a different evaluation: resuming into the same folder is refused
+    with pytest.raises(SystemExit, match="dtype"):
+        run_eval(root / "s2", corpus, tmp_path / "bf16", "--greedy", "--dtype", "float32")

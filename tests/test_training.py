@@ -337,3 +337,18 @@ def test_activation_checkpointing_switch_trains_the_same(stage1, corpus, tmp_pat
     assert lora_b and all(checkpointed[name].abs().sum() > 0 for name in lora_b)  # LoRA got gradients
     for name in plain:
         torch.testing.assert_close(checkpointed[name], plain[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_bf16_autocast_training_without_final_dev_eval(stage1, corpus, tmp_path):
+    # --bf16 on a CPU: autocast for the compute, float32 master weights and exports
+    out = tmp_path / "s2_bf16"
+    train.main(
+        ["--stage", "2", "--init_from", str(stage1), "--output_dir", str(out), "--bf16", "--no_final_dev_eval",
+         "--eval_strategy", "no", "--save_strategy", "no", *common_args(corpus, steps=2)]
+    )
+    manifest = json.loads((out / "run_manifest.json").read_text())
+    assert manifest["global_step"] == 2
+    assert not any(key.startswith("eval_") for key in manifest["final_metrics"])
+    assert all(torch.isfinite(torch.tensor(e["loss"])) for e in manifest["log_history"] if "loss" in e)
+    weights = load_file(str(out / "merged" / "model.safetensors"))
+    assert {tensor.dtype for tensor in weights.values()} == {torch.float32}
