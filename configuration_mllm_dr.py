@@ -118,6 +118,9 @@ class MllmDrConfig(PreTrainedConfig):
         score_head_hidden_size: Hidden width of the MAA's two-layer regressor: 1024.
         score_head_dropout: Dropout inside the MAA regressor.
         lm_loss_weight / score_loss_weight: Eq. 3's weights: loss = w_lm * CE + w_score * MSE.
+        score_head_trained: Whether the MAA head was trained (stage 2 with the joint loss sets it).
+            Evaluation and prediction use head scores only when it is True: an untrained head (a
+            fresh model, stage 1, or "w/o Joint" CE-only training) must never stand in for a score.
         audio_token_id / video_token_id: Ids of ``<AudioHere>`` / ``<VideoHere>`` (set by ``from_backbone``).
         score_min / score_max: Range of one PHQ item score (0-3).
         initializer_range: Std of the normal init of the new (non-backbone) weights.
@@ -137,6 +140,7 @@ class MllmDrConfig(PreTrainedConfig):
     score_head_dropout: float = 0.0
     lm_loss_weight: float = 1.0
     score_loss_weight: float = 1.0
+    score_head_trained: bool = False
     audio_token_id: int | None = None
     video_token_id: int | None = None
     score_min: int = 0

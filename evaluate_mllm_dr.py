@@ -86,6 +86,12 @@ def item_seed(seed: int, participant_id: str, item_index: int) -> int:
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def head_is_trained(model: Any, args: argparse.Namespace) -> bool:
+    """Head scores count only from a head trained with the joint loss (never a zero-shot backbone's,
+    a stage-1 model's or a CE-only model's randomly initialised head)."""
+    return not getattr(args, "zero_shot", False) and bool(getattr(model.config, "score_head_trained", False))
+
+
 def load_model(args: argparse.Namespace):
     """(model, processor, description) for a checkpoint, an adapter export, a training output, or
     (``--zero_shot``) an untrained backbone with the same text prompts."""
@@ -330,7 +336,7 @@ def generate_batch(model, processor, rows, mode, args) -> tuple[list[dict[str, A
     records = []
     for i, (row, text) in enumerate(zip(rows, texts)):
         parsed, rationale = processor.parse_output(text)
-        head = None if args.zero_shot or out.head_score is None else float(out.head_score[i])
+        head = float(out.head_score[i]) if head_is_trained(model, args) and out.head_score is not None else None
         score, fell_back = choose_score(parsed, head, args.score_source, args.unparsed_score, 0, 3)
         records.append(
             {
@@ -662,8 +668,11 @@ def main(argv: list[str] | None = None) -> int:
         mode = prompt_mode(2, bool(model.config.use_audio), bool(model.config.use_video))
         rows = load_rows(args, args.split, processor)
         preflight(rows, processor, mode)
-        if args.score_source == "head" and args.zero_shot:
-            raise SystemExit("--zero_shot has no trained head: --score_source head is not possible")
+        if args.score_source == "head" and not head_is_trained(model, args):
+            raise SystemExit(
+                f"--score_source head: {args.model} has no trained score head (zero-shot, stage 1, or trained "
+                "without the joint loss); use --score_source generated"
+            )
     if not rows:
         raise SystemExit(f"{args.data_dir}: split {args.split!r} has no rows")
 

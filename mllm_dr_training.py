@@ -43,7 +43,8 @@ DEFAULT_LORA_TARGET = r"language_model\..*\.(q_proj|v_proj)"
 # MllmDrConfig fields that an export carries over to a model rebuilt on its base model.
 MLLM_DR_FIELDS = (
     "audio_config", "video_config", "use_audio", "use_video", "score_head_num_heads", "score_head_hidden_size",
-    "score_head_dropout", "lm_loss_weight", "score_loss_weight", "score_min", "score_max", "initializer_range",
+    "score_head_dropout", "lm_loss_weight", "score_loss_weight", "score_head_trained", "score_min", "score_max",
+    "initializer_range",
 )
 
 

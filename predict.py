@@ -25,7 +25,15 @@ ROOT = Path(__file__).resolve().parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from evaluate_mllm_dr import DTYPES, DISCLAIMER, choose_score, item_seed, load_model, PerItemSampler  # noqa: E402
+from evaluate_mllm_dr import (  # noqa: E402
+    DISCLAIMER,
+    DTYPES,
+    PerItemSampler,
+    choose_score,
+    head_is_trained,
+    item_seed,
+    load_model,
+)
 from mllm_dr_training import prompt_mode, read_feature_arrays  # noqa: E402
 
 SELF_HARM_ITEM = 9
@@ -172,7 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     items = []
     for i, (item, text) in enumerate(zip(item_list, texts)):
         parsed, rationale = processor.parse_output(text)
-        head = float(out.head_score[i]) if out.head_score is not None else None
+        head = float(out.head_score[i]) if head_is_trained(model, args) and out.head_score is not None else None
         score, fell_back = choose_score(parsed, head, "generated_with_head_fallback", 0.0, 0, 3)
         items.append({"item_index": item.index, "item_name": item.name, "score": score, "parsed_score": parsed,
                       "head_score": head, "fell_back": fell_back, "rationale": rationale, "generated_text": text})

@@ -270,6 +270,7 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, args: Mllm
     patterns = [r"language_model\..*lora_[AB]\..*"]
     if args.joint_loss and args.score_loss_weight > 0:
         model.score_head.requires_grad_(True)
+        model.config.score_head_trained = True  # saved with every export: evaluation may trust the head
         patterns.append(r"score_head\..*")
     return peft_model, processor, base_model, lora_config, patterns
 

@@ -230,3 +230,19 @@ def test_bfloat16_inference_runs_and_is_recorded(setup, tmp_path):
     # a different dtype is a different evaluation: resuming into the same folder is refused
     with pytest.raises(SystemExit, match="dtype"):
         run_eval(root / "s2", corpus, tmp_path / "bf16", "--greedy", "--dtype", "float32")
+
+
+def test_an_untrained_head_never_stands_in(setup, tmp_path):
+    # "w/o Joint" (CE only) leaves the MAA head at its random init: no fallback, no head metrics
+    root, corpus = setup
+    assert json.loads((root / "s2" / "merged" / "config.json").read_text())["score_head_trained"] is True
+    ce_only = tmp_path / "ce_only"
+    train.main(["--stage", "2", "--init_from", str(root / "s1"), "--output_dir", str(ce_only), "--no_joint_loss",
+                *common_args(corpus, steps=1)])
+    assert json.loads((ce_only / "merged" / "config.json").read_text())["score_head_trained"] is False
+    metrics = run_eval(ce_only, corpus, tmp_path / "eval", "--greedy")
+    predictions = [json.loads(line) for line in (tmp_path / "eval" / "predictions.jsonl").read_text().splitlines()]
+    assert all(p["head_score"] is None and not p["fell_back"] for p in predictions)
+    assert "head_only" not in metrics and metrics["fallback_count"] == 0
+    with pytest.raises(SystemExit, match="no trained score head"):
+        run_eval(ce_only, corpus, tmp_path / "head", "--score_source", "head")
