@@ -246,3 +246,16 @@ def test_an_untrained_head_never_stands_in(setup, tmp_path):
     assert "head_only" not in metrics and metrics["fallback_count"] == 0
     with pytest.raises(SystemExit, match="no trained score head"):
         run_eval(ce_only, corpus, tmp_path / "head", "--score_source", "head")
+
+
+def test_stage1_probe_scores_every_item_against_the_train_mean(setup):
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import stage1_probe
+
+    root, corpus = setup
+    result = stage1_probe.probe(root / "s1", corpus, "test", "prepared")
+    assert sorted(result) == ["1", "2", "3"]
+    for values in result.values():
+        assert values["n"] == 5 and 0 <= values["stage1_mae"] <= 3 and 0 <= values["train_mean_mae"] <= 3
