@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     from prepare_backbone import prepare_backbone
 
     prepare_backbone(BACKBONE_CACHE)
-    timings: dict[str, float] = {}
+    # Timings of earlier, interrupted invocations into the same run_dir are kept.
+    timings_path = run_dir / "timings.json"
+    timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     if not (corpus / "rationales.jsonl").is_file():
         timings["corpus"] = run(corpus_command(settings, corpus), logs / "corpus.log")
     if not (stage1 / "mllm_dr_adapter.json").is_file():
@@ -146,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
                  "--output_dir", str(eval_dir)],
                 logs / f"eval_{slug}.log",
             )
+        timings_path.write_text(json.dumps(timings, indent=2))
         results[name] = json.loads((eval_dir / "metrics.json").read_text())
         print(f"{name}: MAE {results[name]['mae']:.3f}", flush=True)
 
