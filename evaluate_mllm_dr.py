@@ -334,9 +334,10 @@ def generate_batch(model, processor, rows, mode, args) -> tuple[list[dict[str, A
     eos = tokenizer.eos_token_id
     counted = int(sum(int((row != eos).sum()) + int((row == eos).any()) for row in new_tokens.cpu()))
     records = []
+    use_head = head_is_trained(model, args) and out.head_score is not None
     for i, (row, text) in enumerate(zip(rows, texts)):
         parsed, rationale = processor.parse_output(text)
-        head = float(out.head_score[i]) if head_is_trained(model, args) and out.head_score is not None else None
+        head = float(out.head_score[i]) if use_head else None
         score, fell_back = choose_score(parsed, head, args.score_source, args.unparsed_score, 0, 3)
         records.append(
             {
@@ -411,40 +412,36 @@ def participant_totals(predictions: list[dict[str, Any]]) -> list[dict[str, Any]
     return out
 
 
-def compute_metrics(predictions: list[dict[str, Any]], args: argparse.Namespace, baseline: bool) -> dict[str, Any]:
+def _phq_metrics(predictions: list[dict[str, Any]], args: argparse.Namespace, n_bootstrap: int, with_genders: bool):
+    """PHQ metrics of the predictions' ``score`` fields: participant totals plus per-item errors."""
     from phq_metrics import compute_phq_metrics
 
     totals = [t for t in participant_totals(predictions) if t["true_total"] is not None]
-    if len(totals) < 2:
-        raise SystemExit("fewer than 2 participants with a known PHQ total: nothing to evaluate")
     genders = [t["gender"] for t in totals]
     labelled = [p for p in predictions if p.get("label") is not None]
-    metrics = compute_phq_metrics(
+    return compute_phq_metrics(
         [t["predicted_total"] for t in totals],
         [t["true_total"] for t in totals],
         cutoff=args.cutoff,
-        genders=genders if all(g is not None for g in genders) else None,
+        genders=genders if with_genders and all(g is not None for g in genders) else None,
         item_predictions=[p["score"] for p in labelled] or None,
         item_references=[p["label"] for p in labelled] or None,
         item_indices=[p["item_index"] for p in labelled] or None,
-        n_bootstrap=args.n_bootstrap,
+        n_bootstrap=n_bootstrap,
         seed=args.seed,
     )
+
+
+def compute_metrics(predictions: list[dict[str, Any]], args: argparse.Namespace, baseline: bool) -> dict[str, Any]:
+    totals = [t for t in participant_totals(predictions) if t["true_total"] is not None]
+    if len(totals) < 2:
+        raise SystemExit("fewer than 2 participants with a known PHQ total: nothing to evaluate")
+    metrics = _phq_metrics(predictions, args, args.n_bootstrap, with_genders=True)
+    labelled = any(p.get("label") is not None for p in predictions)
     if not baseline and args.score_source != "head" and labelled and all(p["head_score"] is not None for p in predictions):
         # The MAA head's own scores, whatever the text said: how far the regression path alone gets.
         head_scored = [{**p, "score": choose_score(None, p["head_score"], "head", 0.0, 0, 3)[0]} for p in predictions]
-        head_totals = [t for t in participant_totals(head_scored) if t["true_total"] is not None]
-        head_labelled = [p for p in head_scored if p.get("label") is not None]
-        head_metrics = compute_phq_metrics(
-            [t["predicted_total"] for t in head_totals],
-            [t["true_total"] for t in head_totals],
-            cutoff=args.cutoff,
-            item_predictions=[p["score"] for p in head_labelled],
-            item_references=[p["label"] for p in head_labelled],
-            item_indices=[p["item_index"] for p in head_labelled],
-            n_bootstrap=0,
-            seed=args.seed,
-        )
+        head_metrics = _phq_metrics(head_scored, args, n_bootstrap=0, with_genders=False)
         metrics["head_only"] = {k: v for k, v in head_metrics.items() if not k.endswith("_ci95")}
     n_items = len(predictions)
     failures = sum(p["parsed_score"] is None for p in predictions)
