@@ -122,6 +122,12 @@ class MllmDrConfig(PreTrainedConfig):
             Evaluation and prediction use head scores only when it is True: an untrained head (a
             fresh model, stage 1, or "w/o Joint" CE-only training) must never stand in for a score.
         audio_token_id / video_token_id: Ids of ``<AudioHere>`` / ``<VideoHere>`` (set by ``from_backbone``).
+        alignment_probe_items: Stage-1 auxiliary objective, not in the paper (0 = off, the paper's
+            setting): a linear readout of this many PHQ item scores from the mean-pooled projected
+            queries of the modalities. Its MSE makes the LQ-formers encode item evidence rather
+            than one constant soft prompt (BLIP-2's Q-Former stage 1 likewise trains on auxiliary
+            objectives). Stage 2 removes it; it never takes part in generation or scoring.
+        alignment_probe_weight: Weight of that MSE in the stage-1 loss.
         score_min / score_max: Range of one PHQ item score (0-3).
         initializer_range: Std of the normal init of the new (non-backbone) weights.
     """
@@ -141,6 +147,8 @@ class MllmDrConfig(PreTrainedConfig):
     lm_loss_weight: float = 1.0
     score_loss_weight: float = 1.0
     score_head_trained: bool = False
+    alignment_probe_items: int = 0
+    alignment_probe_weight: float = 1.0
     audio_token_id: int | None = None
     video_token_id: int | None = None
     score_min: int = 0
@@ -161,6 +169,10 @@ class MllmDrConfig(PreTrainedConfig):
                 f"The backbone's hidden_size ({hidden}) must be divisible by "
                 f"score_head_num_heads ({self.score_head_num_heads})"
             )
+        if self.alignment_probe_items < 0:
+            raise ValueError(f"alignment_probe_items must be >= 0, got {self.alignment_probe_items}")
+        if self.alignment_probe_items and not (self.use_audio or self.use_video):
+            raise ValueError("alignment_probe_items > 0 reads the LQ-former outputs: keep use_audio or use_video")
         if not self.score_min < self.score_max:
             raise ValueError(f"score_min ({self.score_min}) must be < score_max ({self.score_max})")
 

@@ -43,8 +43,8 @@ DEFAULT_LORA_TARGET = r"language_model\..*\.(q_proj|v_proj)"
 # MllmDrConfig fields that an export carries over to a model rebuilt on its base model.
 MLLM_DR_FIELDS = (
     "audio_config", "video_config", "use_audio", "use_video", "score_head_num_heads", "score_head_hidden_size",
-    "score_head_dropout", "lm_loss_weight", "score_loss_weight", "score_head_trained", "score_min", "score_max",
-    "initializer_range",
+    "score_head_dropout", "lm_loss_weight", "score_loss_weight", "score_head_trained", "alignment_probe_items",
+    "alignment_probe_weight", "score_min", "score_max", "initializer_range",
 )
 
 
@@ -103,8 +103,10 @@ class MllmDrCollator:
         with_rationale: bool,
         embedding_cache: dict[tuple[str, tuple[str, ...]], torch.Tensor] | None = None,
         padding_side: str = "right",
+        item_scores: dict[str, list[float]] | None = None,
     ):
         self.processor = processor
+        self.item_scores = item_scores
         self.mode = mode
         self.with_rationale = with_rationale
         self.embedding_cache = embedding_cache
@@ -149,7 +151,22 @@ class MllmDrCollator:
             data.pop(f"{modality}_features", None)
             data.pop(f"{modality}_mask", None)
             data[f"{modality}_embeds"] = tensor
+        if self.item_scores is not None:
+            data["item_scores"] = torch.tensor([self.item_scores[str(row["participant_id"])] for row in rows])
         return data
+
+
+def participant_item_scores(rows: Iterable[dict[str, Any]], num_items: int) -> dict[str, list[float]]:
+    """Participant -> every item's label (NaN where a row is missing): the alignment probe's targets."""
+    table: dict[str, list[float]] = {}
+    for row in rows:
+        item = int(row["item_index"])
+        if not 1 <= item <= num_items:
+            raise ValueError(f"participant {row['participant_id']}: item_index {item} is outside 1..{num_items}")
+        scores = table.setdefault(str(row["participant_id"]), [float("nan")] * num_items)
+        if row.get("label") is not None:
+            scores[item - 1] = float(row["label"])
+    return table
 
 
 @torch.no_grad()
@@ -198,7 +215,7 @@ def loss_weights(
 
 
 # ----------------------------------------------------------------------------- parameter groups
-PARAMETER_GROUPS = ("lora", "projector", "lqformer", "head", "other")
+PARAMETER_GROUPS = ("lora", "projector", "lqformer", "head", "probe", "other")
 
 
 def parameter_group(name: str) -> str:
@@ -211,6 +228,8 @@ def parameter_group(name: str) -> str:
         return "lqformer"
     if "score_head." in name:
         return "head"
+    if "alignment_probe." in name:
+        return "probe"
     return "other"
 
 
@@ -332,23 +351,29 @@ class MllmDrTrainer(Trainer):
         outputs = model(**inputs, logits_to_keep=1, compute_score=w_score > 0 or not model.training)
         n_tokens = (labels[:, 1:] != -100).sum()
         n_samples = labels.shape[0]
-        lm_loss, score_loss = outputs.lm_loss, outputs.score_loss
+        lm_loss, score_loss, probe_loss = outputs.lm_loss, outputs.score_loss, outputs.probe_loss
         if model.training and num_items_in_batch is not None and self._window_counts is not None:
             total_tokens, total_samples = self._window_counts
             scale = self.args.world_size
             lm_term = lm_loss * n_tokens / total_tokens * scale
             score_term = score_loss * n_samples / total_samples * scale if score_loss is not None else None
+            probe_term = probe_loss * n_samples / total_samples * scale if probe_loss is not None else None
         else:
-            lm_term, score_term = lm_loss, score_loss
+            lm_term, score_term, probe_term = lm_loss, score_loss, probe_loss
         loss = w_lm * lm_term
         if score_term is not None and w_score > 0:
             loss = loss + w_score * score_term
+        if probe_term is not None:
+            loss = loss + unwrap(model).config.alignment_probe_weight * probe_term
         phase = "train" if model.training else "eval"
         sums = self._component_sums[phase]
         sums["lm_loss"] += float(lm_loss.detach()) * n_samples
         if score_loss is not None:
             sums["score_loss"] += float(score_loss.detach()) * n_samples
             sums["score_samples"] += n_samples
+        if probe_loss is not None:
+            sums["probe_loss"] += float(probe_loss.detach()) * n_samples
+            sums["probe_samples"] += n_samples
         sums["samples"] += n_samples
         return (loss, outputs) if return_outputs else loss
 
@@ -366,6 +391,8 @@ class MllmDrTrainer(Trainer):
                 logs[f"{prefix}lm_loss"] = round(sums["lm_loss"] / sums["samples"], 6)
             if sums["score_samples"]:
                 logs[f"{prefix}score_loss"] = round(sums["score_loss"] / sums["score_samples"], 6)
+            if sums["probe_samples"]:
+                logs[f"{prefix}probe_loss"] = round(sums["probe_loss"] / sums["probe_samples"], 6)
             if phase == "train":
                 w_lm, w_score = self.current_loss_weights()
                 logs["lm_loss_weight"], logs["score_loss_weight"] = round(w_lm, 6), round(w_score, 6)

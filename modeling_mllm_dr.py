@@ -44,11 +44,13 @@ class MllmDrCausalLMOutput(CausalLMOutputWithPast):
     Args:
         lm_loss: Cross-entropy over the answer tokens (``labels != -100``).
         score_loss: MSE between ``score`` and ``score_labels``.
+        probe_loss: The stage-1 alignment probe's MSE (only with ``item_scores`` and a probe).
         score: The MAA head's item score per sample, shape ``(batch,)``, read from the prompt tokens.
     """
 
     lm_loss: torch.FloatTensor | None = None
     score_loss: torch.FloatTensor | None = None
+    probe_loss: torch.FloatTensor | None = None
     score: torch.FloatTensor | None = None
     last_hidden_state: torch.FloatTensor | None = None
 
@@ -212,6 +214,41 @@ class MllmDrProjector(nn.Module):
         return self.linear_2(self.act(self.linear_1(query_outputs)))
 
 
+class AlignmentProbe(nn.Module):
+    """Stage-1 auxiliary objective (``config.alignment_probe_items``; not in the paper): a linear
+    readout of every PHQ item's score from the mean-pooled projected queries of each modality.
+
+    The frozen LLM's answer loss alone lets the LQ-formers settle on one soft prompt that fits the
+    score marginals for everyone; regressing the participant's item scores from the same embeddings
+    makes them carry the evidence. Training only: stage 2 removes it.
+    """
+
+    def __init__(self, input_size: int, num_items: int):
+        super().__init__()
+        # Own parameters rather than an nn.Linear, so that its initialisation (bias at mid-scale) is
+        # not overwritten by the generic Linear one.
+        self.weight = nn.Parameter(torch.zeros(num_items, input_size))
+        self.bias = nn.Parameter(torch.zeros(num_items))
+
+    def readout(self, pooled: torch.Tensor) -> torch.Tensor:
+        return F.linear(pooled.to(self.weight.dtype), self.weight, self.bias)
+
+    def forward(self, modality_embeds: list[torch.Tensor], item_scores: torch.Tensor) -> torch.Tensor:
+        """MSE over the known entries of ``item_scores`` ``(batch, num_items)`` (NaN = unknown)."""
+        pooled = torch.cat([embeds.float().mean(dim=1) for embeds in modality_embeds], dim=-1)
+        predicted = self.readout(pooled).float()
+        if item_scores.shape != predicted.shape:
+            raise ValueError(
+                f"item_scores must have shape {tuple(predicted.shape)} (batch, alignment_probe_items), "
+                f"got {tuple(item_scores.shape)}"
+            )
+        item_scores = item_scores.to(device=predicted.device, dtype=torch.float32)
+        known = ~torch.isnan(item_scores)
+        if not bool(known.any()):
+            return predicted.sum() * 0.0
+        return F.mse_loss(predicted[known], item_scores[known])
+
+
 class MultiHeadAttentionAggregation(nn.Module):
     """MAA (paper Eq. 2): split the hidden size into heads; per head, a learned vector scores each
     token, a softmax over the (unmasked) tokens weights them, the weighted sums of all heads are
@@ -268,6 +305,10 @@ class MllmDrPreTrainedModel(PreTrainedModel):
             module.query_tokens.normal_(mean=0.0, std=std)
         elif isinstance(module, MultiHeadAttentionAggregation):
             module.token_scorer.normal_(mean=0.0, std=std)
+        elif isinstance(module, AlignmentProbe):
+            # PHQ items average around the middle of the scale: start the readout there.
+            module.weight.normal_(mean=0.0, std=std)
+            module.bias.fill_((self.config.score_min + self.config.score_max) / 2)
 
 
 class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
@@ -294,8 +335,17 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
         self.score_head = MultiHeadAttentionAggregation(
             text_hidden, config.score_head_num_heads, config.score_head_hidden_size, config.score_head_dropout
         )
+        self.alignment_probe = None
+        if config.alignment_probe_items:
+            modalities = int(config.use_audio) + int(config.use_video)
+            self.alignment_probe = AlignmentProbe(modalities * text_hidden, config.alignment_probe_items)
         self._captured_head_scores: list[torch.Tensor] | None = None
         self.post_init()
+
+    def remove_alignment_probe(self) -> None:
+        """Stage 2 starts here: the stage-1 probe is not part of the trained model."""
+        self.alignment_probe = None
+        self.config.alignment_probe_items = 0
 
     # ----------------------------------------------------------------- backbone plumbing
     def get_input_embeddings(self) -> nn.Module:
@@ -395,7 +445,10 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
 
     def _insert_modalities(
         self, input_ids: torch.Tensor | None, inputs_embeds: torch.Tensor, modality_inputs: dict[str, Any]
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Scatters each given modality's projected queries into its placeholders; returns the new
+        input embeddings and the projected queries per modality."""
+        inserted: dict[str, torch.Tensor] = {}
         for modality in MODALITIES:
             features = modality_inputs.get(f"{modality}_features")
             embeds = modality_inputs.get(f"{modality}_embeds")
@@ -418,7 +471,8 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
             inputs_embeds = inputs_embeds.masked_scatter(
                 mask[..., None], embeds.to(device=inputs_embeds.device, dtype=inputs_embeds.dtype)
             )
-        return inputs_embeds
+            inserted[modality] = embeds
+        return inputs_embeds, inserted
 
     # ----------------------------------------------------------------- forward
     def forward(
@@ -431,6 +485,7 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
         video_mask: torch.Tensor | None = None,
         labels: torch.LongTensor | None = None,
         score_labels: torch.Tensor | None = None,
+        item_scores: torch.Tensor | None = None,
         prompt_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.Tensor | None = None,
@@ -455,6 +510,8 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
                 row is a missing recording: its placeholders stay and get the queries-only output.
             labels: Token targets, -100 everywhere except the answer (the processor builds them).
             score_labels: The item's true score, ``(batch,)``, for the MSE term.
+            item_scores: Every PHQ item's score of the sample's participant, ``(batch, items)``, NaN
+                where unknown: the target of the stage-1 alignment probe (when the config has one).
             prompt_mask: Tokens the MAA head pools over; defaults to the real tokens whose label is
                 -100 (the prompt), or all real tokens when there are no labels.
             audio_embeds / video_embeds: Precomputed projector outputs ``(batch, queries, hidden)``
@@ -476,7 +533,7 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
         past_length = _past_length(cache_kwargs)
         if inputs_embeds is None:
             inputs_embeds = self.get_input_embeddings()(input_ids)
-        inputs_embeds = self._insert_modalities(
+        inputs_embeds, modality_embeds = self._insert_modalities(
             input_ids,
             inputs_embeds,
             {
@@ -528,17 +585,27 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
             if score_labels is not None:
                 score_loss = F.mse_loss(score.float(), score_labels.to(score.device).float())
 
+        probe_loss = None
+        if item_scores is not None and self.alignment_probe is not None:
+            used = [m for m in MODALITIES if getattr(self.config, f"use_{m}")]
+            missing = [m for m in used if m not in modality_embeds]
+            if missing:
+                raise ValueError(f"the alignment probe reads every modality of the model; no {missing} inputs were given")
+            probe_loss = self.alignment_probe([modality_embeds[m] for m in used], item_scores)
+
         loss = None
-        if lm_loss is not None or score_loss is not None:
+        if lm_loss is not None or score_loss is not None or probe_loss is not None:
             w_lm = self.config.lm_loss_weight if lm_loss_weight is None else lm_loss_weight
             w_score = self.config.score_loss_weight if score_loss_weight is None else score_loss_weight
-            loss = sum(w * part for w, part in ((w_lm, lm_loss), (w_score, score_loss)) if part is not None)
+            parts = ((w_lm, lm_loss), (w_score, score_loss), (self.config.alignment_probe_weight, probe_loss))
+            loss = sum(w * part for w, part in parts if part is not None)
 
         output = MllmDrCausalLMOutput(
             loss=loss,
             logits=logits,
             lm_loss=lm_loss,
             score_loss=score_loss,
+            probe_loss=probe_loss,
             score=score,
             hidden_states=getattr(decoder_outputs, "hidden_states", None),
             attentions=getattr(decoder_outputs, "attentions", None),

@@ -42,12 +42,13 @@ from mllm_dr_training import (  # noqa: E402
     load_adapter_export,
     model_card,
     package_versions,
+    participant_item_scores,
     precompute_modality_embeddings,
     prompt_mode,
     write_json_atomic,
 )
 from modeling_mllm_dr import MllmDrForConditionalGeneration  # noqa: E402
-from processing_mllm_dr import MllmDrProcessor  # noqa: E402
+from processing_mllm_dr import QUESTIONNAIRES, MllmDrProcessor  # noqa: E402
 
 logger = logging.getLogger("train")
 
@@ -101,6 +102,12 @@ class MllmDrTrainingArguments(TrainingArguments):
     projector_learning_rate: float = 5e-4
     lqformer_learning_rate: float = 1e-4
     head_learning_rate: float = 1e-4
+    alignment_probe_weight: float = field(
+        default=0.0,
+        metadata={"help": "Stage 1: weight of an auxiliary linear probe that regresses every PHQ item's score from "
+                  "the projected queries (not in the paper; 0 = off). See README, 'The stage-1 alignment probe'."},
+    )
+    alignment_probe_learning_rate: float = 1e-2
     final_dev_eval: bool = field(
         default=True,
         metadata={"help": "Score the dev split once after training (--no_final_dev_eval skips it, e.g. for short demo runs)."},
@@ -147,6 +154,10 @@ def validate(model_args: ModelArguments, data_args: DataArguments, args: MllmDrT
         )
     if model_args.init_from is None and model_args.backbone is None:
         raise SystemExit("--backbone is required unless --init_from gives a stage-1 output")
+    if args.alignment_probe_weight < 0:
+        raise SystemExit(f"--alignment_probe_weight must be >= 0, got {args.alignment_probe_weight}")
+    if args.alignment_probe_weight > 0 and args.stage != 1:
+        raise SystemExit("--alignment_probe_weight is a stage-1 objective (stage 2 removes the probe)")
     if args.stage == 2 and data_args.rationales is None and data_args.dataset_format != "prepared":
         raise SystemExit("stage 2 trains on rationale + score targets: pass --rationales FILE")
     if args.push_to_hub and not args.i_may_share_weights:
@@ -238,8 +249,14 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, args: Mllm
         for name in ("use_audio", "use_video"):
             if getattr(model_args, name) and not getattr(model.config, name):
                 raise SystemExit(f"--init_from {model_args.init_from} was trained without {name[4:]}")
+        if args.stage == 2 and model.alignment_probe is not None:
+            model.remove_alignment_probe()
+        if args.stage == 1 and args.alignment_probe_weight > 0 and model.alignment_probe is None:
+            raise SystemExit(f"--init_from {model_args.init_from} has no alignment probe: start stage 1 from --backbone")
     else:
         overrides = build_config_overrides(model_args)
+        if args.stage == 1 and args.alignment_probe_weight > 0:
+            overrides["alignment_probe_items"] = len(QUESTIONNAIRES[questionnaire])
         model = MllmDrForConditionalGeneration.from_backbone(model_args.backbone, **overrides)
         processor = MllmDrProcessor.from_config(
             model.tokenizer_for_backbone,
@@ -258,6 +275,10 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, args: Mllm
                 getattr(model, f"{modality}_lqformer").requires_grad_(True)
                 getattr(model, f"{modality}_projector").requires_grad_(True)
                 patterns += [rf"{modality}_lqformer\..*", rf"{modality}_projector\..*"]
+        if args.alignment_probe_weight > 0:
+            model.config.alignment_probe_weight = args.alignment_probe_weight
+            model.alignment_probe.requires_grad_(True)
+            patterns.append(r"alignment_probe\..*")
         return model, processor, base_model, None, patterns
     lora_config = LoraConfig(
         r=model_args.lora_r,
@@ -319,7 +340,12 @@ def main(argv: list[str] | None = None) -> int:
         embedding_cache = precompute_modality_embeddings(
             base, processor, list(train_rows) + list(dev_rows), modalities
         )
-    collator = MllmDrCollator(processor, mode, with_rationale=with_rationale, embedding_cache=embedding_cache)
+    item_scores = None
+    if base.alignment_probe is not None:
+        item_scores = participant_item_scores(list(train_rows) + list(dev_rows), base.config.alignment_probe_items)
+    collator = MllmDrCollator(
+        processor, mode, with_rationale=with_rationale, embedding_cache=embedding_cache, item_scores=item_scores
+    )
 
     trainer = MllmDrTrainer(
         model=model,
@@ -336,6 +362,7 @@ def main(argv: list[str] | None = None) -> int:
             "projector": args.projector_learning_rate,
             "lqformer": args.lqformer_learning_rate,
             "head": args.head_learning_rate,
+            "probe": args.alignment_probe_learning_rate,
         },
         expected_trainable=patterns,
     )

@@ -104,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = run_dir / "logs"
     if args.demo_run is not None:
         saved = json.loads((args.demo_run / "settings.json").read_text())
+        saved.setdefault("alignment_probe_weight", 0.0)  # demo runs from before the probe had none
         settings = DemoSettings(**{f.name: saved[f.name] for f in fields(DemoSettings)})
         corpus, stage1 = args.demo_run / "corpus", args.demo_run / "stage1"
         reused = {"MLlm-DR (full)": args.demo_run / "stage2"}

@@ -57,7 +57,8 @@ class DemoSettings:
     phrasings: int = 1
     seed: int = 0
     batch_size: int = 8
-    stage1_steps: int = 30
+    stage1_steps: int = 60
+    alignment_probe_weight: float = 1.0  # stage-1 auxiliary probe (not in the paper; 0 = the paper's stage 1)
     stage2_epochs: float = 2.0
     max_new_tokens: int = 96
     eval_participants: int | None = None
@@ -92,7 +93,8 @@ def stage1_command(settings: DemoSettings, corpus: Path, output: Path) -> list[s
     return [
         sys.executable, "train.py", "--stage", "1", "--backbone", str(BACKBONE_CACHE), "--output_dir", str(output),
         "--max_steps", str(settings.stage1_steps), "--lqformer_learning_rate", STAGE1_LEARNING_RATE,
-        "--projector_learning_rate", STAGE1_LEARNING_RATE, "--warmup_steps", "2", *train_flags(settings, corpus),
+        "--projector_learning_rate", STAGE1_LEARNING_RATE, "--warmup_steps", "2",
+        "--alignment_probe_weight", str(settings.alignment_probe_weight), *train_flags(settings, corpus),
     ]
 
 
@@ -155,6 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch_size", type=int, default=DemoSettings.batch_size)
     parser.add_argument("--stage1_steps", type=int, default=DemoSettings.stage1_steps)
     parser.add_argument("--stage2_epochs", type=float, default=DemoSettings.stage2_epochs)
+    parser.add_argument(
+        "--alignment_probe_weight", type=float, default=DemoSettings.alignment_probe_weight,
+        help="stage-1 auxiliary probe loss weight (not in the paper; 0 = the paper's stage 1)",
+    )
     parser.add_argument(
         "--precision", choices=["auto", "bf16", "fp32"], default="auto",
         help="bf16 autocast for training and bf16 weights for evaluation; auto = bf16 where the CPU has native "

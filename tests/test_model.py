@@ -253,3 +253,44 @@ def test_from_backbone_keeps_backbone_weights(backbone_dir):
     assert ours["model.embed_tokens.weight"].shape[0] == original.config.vocab_size + 2
     assert model.config.text_config.vocab_size == original.config.vocab_size + 2
     assert isinstance(model, MllmDrForConditionalGeneration)
+
+
+# --------------------------------------------------------------------------- stage-1 alignment probe
+def test_alignment_probe_regresses_known_item_scores_from_the_projected_queries(backbone_dir):
+    model, processor = build_tiny(backbone_dir, alignment_probe_items=8, alignment_probe_weight=0.5)
+    batch = _batch(processor, np.random.default_rng(11))
+    torch.testing.assert_close(model.alignment_probe.bias, torch.full((8,), 1.5))  # mid-scale start
+    item_scores = torch.tensor([[0, 1, 2, 3, float("nan"), 1, 0, 2], [float("nan")] * 7 + [3.0]])
+    plain = model(**batch)
+    out = model(**batch, item_scores=item_scores)
+    assert plain.probe_loss is None
+    pooled = torch.cat(
+        [model.get_modality_embeddings(m, batch[f"{m}_features"], batch[f"{m}_mask"]).mean(1) for m in ("audio", "video")],
+        dim=-1,
+    )
+    predicted = model.alignment_probe.readout(pooled)
+    known = ~torch.isnan(item_scores)
+    expected = ((predicted[known] - item_scores[known]) ** 2).mean()
+    torch.testing.assert_close(out.probe_loss, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.loss, plain.loss + 0.5 * expected, atol=1e-5, rtol=1e-5)
+
+    # its gradient reaches both LQ-formers without any LM or score target
+    model.train()
+    model.language_model.requires_grad_(False)
+    unlabelled = {k: v for k, v in batch.items() if k not in ("labels", "score_labels")}
+    model(**unlabelled, item_scores=item_scores, compute_score=False).loss.backward()
+    for name in ("audio_lqformer.query_tokens", "video_lqformer.query_tokens", "alignment_probe.weight"):
+        assert model.get_parameter(name).grad.abs().sum() > 0, name
+
+    with pytest.raises(ValueError, match=r"item_scores must have shape \(2, 8\)"):
+        model(**batch, item_scores=item_scores[:, :5])
+    model.remove_alignment_probe()
+    assert model.alignment_probe is None and model.config.alignment_probe_items == 0
+    assert model(**batch, item_scores=item_scores).probe_loss is None
+
+
+def test_alignment_probe_config_is_validated(backbone_dir):
+    with pytest.raises(ValueError, match="alignment_probe_items must be >= 0"):
+        build_tiny(backbone_dir, alignment_probe_items=-1)
+    with pytest.raises(ValueError, match="keep use_audio or use_video"):
+        build_tiny(backbone_dir, alignment_probe_items=8, use_audio=False, use_video=False)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -21,6 +22,7 @@ from mllm_dr_training import (
     apply_lora,
     load_adapter_export,
     loss_weights,
+    participant_item_scores,
     trainable_state,
 )
 
@@ -352,3 +354,41 @@ def test_bf16_autocast_training_without_final_dev_eval(stage1, corpus, tmp_path)
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in manifest["log_history"] if "loss" in e)
     weights = load_file(str(out / "merged" / "model.safetensors"))
     assert {tensor.dtype for tensor in weights.values()} == {torch.float32}
+
+
+def test_participant_item_scores_marks_missing_items():
+    rows = [
+        {"participant_id": "p1", "item_index": 1, "label": 2},
+        {"participant_id": "p1", "item_index": 3, "label": 0},
+        {"participant_id": 7, "item_index": 2, "label": None},
+    ]
+    table = participant_item_scores(rows, 3)
+    assert table["p1"][0] == 2.0 and table["p1"][2] == 0.0 and math.isnan(table["p1"][1])
+    assert all(math.isnan(v) for v in table["7"])
+    with pytest.raises(ValueError, match="participant p1: item_index 4 is outside 1..3"):
+        participant_item_scores([{"participant_id": "p1", "item_index": 4, "label": 1}], 3)
+
+
+def test_stage1_alignment_probe_trains_and_stage2_drops_it(backbone_dir, corpus, tmp_path):
+    s1 = tmp_path / "s1"
+    train.main(
+        ["--stage", "1", "--backbone", str(backbone_dir), "--output_dir", str(s1), "--alignment_probe_weight", "0.5",
+         *common_args(corpus, steps=3)]
+    )
+    config = json.loads((s1 / "config.json").read_text())
+    assert config["alignment_probe_items"] == 8 and config["alignment_probe_weight"] == 0.5
+    state = load_file(str(s1 / "mllm_dr_modules.safetensors"))
+    assert not torch.allclose(state["alignment_probe.bias"], torch.full((8,), 1.5))  # it trained
+    history = json.loads((s1 / "run_manifest.json").read_text())["log_history"]
+    assert all(entry["probe_loss"] > 0 for entry in history if "loss" in entry)
+    assert any("learning_rate_probe" in entry for entry in history)
+
+    with pytest.raises(SystemExit, match="stage-1 objective"):
+        train.main(["--stage", "2", "--init_from", str(s1), "--output_dir", str(tmp_path / "x"),
+                    "--alignment_probe_weight", "1", *common_args(corpus)])
+    s2 = tmp_path / "s2"
+    train.main(["--stage", "2", "--init_from", str(s1), "--output_dir", str(s2), *common_args(corpus, steps=1)])
+    assert not any(k.startswith("alignment_probe") for k in load_file(str(s2 / "adapter" / "mllm_dr_modules.safetensors")))
+    assert json.loads((s2 / "merged" / "config.json").read_text())["alignment_probe_items"] == 0
+    model, _ = load_adapter_export(s2 / "adapter")
+    assert model.get_base_model().alignment_probe is None
