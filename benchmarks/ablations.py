@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark 1: learning and ablations on the synthetic corpus with the SmolLM2 backbone (paper
 Tables 3 and 4): train-mean, zero-shot, text-only LoRA, full MLlm-DR, w/o joint loss, w/o LQ-formers,
-w/o audio, w/o video. One command:
+w/o audio, w/o video, and (when the recipe uses it) without the stage-1 alignment probe. One command:
 
     python benchmarks/ablations.py --run_dir runs/ablations [--demo_run runs/demo-<timestamp>]
 
@@ -23,7 +23,7 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict, fields
+from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +51,12 @@ VARIANTS: dict[str, tuple[str, list[str] | None, list[str]]] = {
     "w/o Joint (CE only)": ("wo_joint", ["--no_joint_loss"], ["--score_source", "generated"]),
     "w/o LQ-A (no audio)": ("wo_audio", ["--no_use_audio"], []),
     "w/o LQ-V (no video)": ("wo_video", ["--no_use_video"], []),
+    "w/o probe (paper's stage 1)": ("wo_probe", [], []),
     "MLlm-DR (full)": ("mllm_dr", [], []),
+}
+# Variants whose stage 1 differs from the recipe's: name -> (stage-1 folder, settings changes).
+OWN_STAGE1: dict[str, tuple[str, dict[str, float]]] = {
+    "w/o probe (paper's stage 1)": ("stage1_no_probe", {"alignment_probe_weight": 0.0}),
 }
 
 
@@ -133,6 +138,17 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict] = {}
     for name in args.variants:
         slug, train_extra, eval_extra = VARIANTS[name]
+        variant_stage1 = stage1
+        if name in OWN_STAGE1:
+            folder, changes = OWN_STAGE1[name]
+            if all(getattr(settings, key) == value for key, value in changes.items()):
+                print(f"{name}: skipped, the recipe already has {changes}", flush=True)
+                continue
+            variant_stage1 = run_dir / folder
+            if not (variant_stage1 / "mllm_dr_adapter.json").is_file():
+                timings[f"stage1 {name}"] = run(
+                    stage1_command(replace(settings, **changes), corpus, variant_stage1), logs / f"stage1_{slug}.log"
+                )
         eval_dir = run_dir / "eval" / slug
         if name in reused_evals and (args.demo_run / "eval" / reused_evals[name] / "metrics.json").is_file():
             eval_dir = args.demo_run / "eval" / reused_evals[name]
@@ -140,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
         if train_extra is not None:
             out = reused.get(name, run_dir / "stage2" / slug)
             if not (out / "merged" / "config.json").is_file():
-                start = None if "--text_only" in train_extra else stage1
+                start = None if "--text_only" in train_extra else variant_stage1
                 timings[f"train {name}"] = run(stage2_command(settings, corpus, out, start, train_extra), logs / f"train_{slug}.log")
             model_flags = ["--model", str(out / "merged")]
         if not (eval_dir / "metrics.json").is_file():

@@ -87,3 +87,18 @@ def test_every_ablation_variant_names_existing_train_flags():
         for item in train_flags or []:
             assert item in known, f"{name}: {item} is not a train.py flag"
     assert Path(ablations.__file__).parent.name == "benchmarks"
+
+
+def test_the_probe_ablation_trains_the_papers_stage_1_with_the_same_recipe(tmp_path):
+    from dataclasses import replace
+
+    settings = run_demo.DemoSettings()
+    assert settings.alignment_probe_weight > 0  # the demo uses the probe, so the ablation has something to remove
+    assert set(ablations.OWN_STAGE1) <= set(ablations.VARIANTS)
+    folder, changes = ablations.OWN_STAGE1["w/o probe (paper's stage 1)"]
+    with_probe = run_demo.stage1_command(settings, tmp_path / "c", tmp_path / "s1")
+    without = run_demo.stage1_command(replace(settings, **changes), tmp_path / "c", tmp_path / folder)
+    assert float(flag(with_probe, "--alignment_probe_weight")) == settings.alignment_probe_weight
+    assert float(flag(without, "--alignment_probe_weight")) == 0.0
+    differing = {a for a, b in zip(with_probe, without) if a != b}
+    assert differing == {str(tmp_path / "s1"), str(settings.alignment_probe_weight)}
