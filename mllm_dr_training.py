@@ -351,29 +351,28 @@ class MllmDrTrainer(Trainer):
         outputs = model(**inputs, logits_to_keep=1, compute_score=w_score > 0 or not model.training)
         n_tokens = (labels[:, 1:] != -100).sum()
         n_samples = labels.shape[0]
-        lm_loss, score_loss, probe_loss = outputs.lm_loss, outputs.score_loss, outputs.probe_loss
+        lm_loss = outputs.lm_loss
+        # Per-sample terms (the head's MSE, the stage-1 probe's MSE) share one window normalisation.
+        per_sample = {
+            "score": (w_score, outputs.score_loss),
+            "probe": (unwrap(model).config.alignment_probe_weight, outputs.probe_loss),
+        }
+        token_share = sample_share = 1.0
         if model.training and num_items_in_batch is not None and self._window_counts is not None:
             total_tokens, total_samples = self._window_counts
-            scale = self.args.world_size
-            lm_term = lm_loss * n_tokens / total_tokens * scale
-            score_term = score_loss * n_samples / total_samples * scale if score_loss is not None else None
-            probe_term = probe_loss * n_samples / total_samples * scale if probe_loss is not None else None
-        else:
-            lm_term, score_term, probe_term = lm_loss, score_loss, probe_loss
-        loss = w_lm * lm_term
-        if score_term is not None and w_score > 0:
-            loss = loss + w_score * score_term
-        if probe_term is not None:
-            loss = loss + unwrap(model).config.alignment_probe_weight * probe_term
+            token_share = n_tokens / total_tokens * self.args.world_size
+            sample_share = n_samples / total_samples * self.args.world_size
+        loss = w_lm * (lm_loss * token_share)
+        for weight, part in per_sample.values():
+            if part is not None and weight > 0:
+                loss = loss + weight * (part * sample_share)
         phase = "train" if model.training else "eval"
         sums = self._component_sums[phase]
         sums["lm_loss"] += float(lm_loss.detach()) * n_samples
-        if score_loss is not None:
-            sums["score_loss"] += float(score_loss.detach()) * n_samples
-            sums["score_samples"] += n_samples
-        if probe_loss is not None:
-            sums["probe_loss"] += float(probe_loss.detach()) * n_samples
-            sums["probe_samples"] += n_samples
+        for name, (_, part) in per_sample.items():
+            if part is not None:
+                sums[f"{name}_loss"] += float(part.detach()) * n_samples
+                sums[f"{name}_samples"] += n_samples
         sums["samples"] += n_samples
         return (loss, outputs) if return_outputs else loss
 
@@ -389,10 +388,9 @@ class MllmDrTrainer(Trainer):
             prefix = "eval_" if phase == "eval" else ""
             if sums["samples"]:
                 logs[f"{prefix}lm_loss"] = round(sums["lm_loss"] / sums["samples"], 6)
-            if sums["score_samples"]:
-                logs[f"{prefix}score_loss"] = round(sums["score_loss"] / sums["score_samples"], 6)
-            if sums["probe_samples"]:
-                logs[f"{prefix}probe_loss"] = round(sums["probe_loss"] / sums["probe_samples"], 6)
+            for name in ("score", "probe"):
+                if sums[f"{name}_samples"]:
+                    logs[f"{prefix}{name}_loss"] = round(sums[f"{name}_loss"] / sums[f"{name}_samples"], 6)
             if phase == "train":
                 w_lm, w_score = self.current_loss_weights()
                 logs["lm_loss_weight"], logs["score_loss_weight"] = round(w_lm, 6), round(w_score, 6)
