@@ -249,8 +249,8 @@ def build_model(model_args: ModelArguments, data_args: DataArguments, args: Mllm
         for name in ("use_audio", "use_video"):
             if getattr(model_args, name) and not getattr(model.config, name):
                 raise SystemExit(f"--init_from {model_args.init_from} was trained without {name[4:]}")
-        if args.stage == 2 and model.alignment_probe is not None:
-            model.remove_alignment_probe()
+        if model.alignment_probe is not None and args.alignment_probe_weight == 0:
+            model.remove_alignment_probe()  # stage 2, or a stage 1 continued without the probe
         if args.stage == 1 and args.alignment_probe_weight > 0 and model.alignment_probe is None:
             raise SystemExit(f"--init_from {model_args.init_from} has no alignment probe: start stage 1 from --backbone")
     else:

@@ -386,6 +386,11 @@ def test_stage1_alignment_probe_trains_and_stage2_drops_it(backbone_dir, corpus,
     with pytest.raises(SystemExit, match="stage-1 objective"):
         train.main(["--stage", "2", "--init_from", str(s1), "--output_dir", str(tmp_path / "x"),
                     "--alignment_probe_weight", "1", *common_args(corpus)])
+    # stage 1 continued without the probe drops it (no probe loss from frozen, saved probe weights)
+    s1b = tmp_path / "s1b"
+    train.main(["--stage", "1", "--init_from", str(s1), "--output_dir", str(s1b), *common_args(corpus, steps=1)])
+    assert json.loads((s1b / "config.json").read_text())["alignment_probe_items"] == 0
+    assert not any("probe_loss" in entry for entry in json.loads((s1b / "run_manifest.json").read_text())["log_history"])
     s2 = tmp_path / "s2"
     train.main(["--stage", "2", "--init_from", str(s1), "--output_dir", str(s2), *common_args(corpus, steps=1)])
     assert not any(k.startswith("alignment_probe") for k in load_file(str(s2 / "adapter" / "mllm_dr_modules.safetensors")))
