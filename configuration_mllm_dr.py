@@ -19,6 +19,19 @@ AUDIO_PLACEHOLDER = "<AudioHere>"
 VIDEO_PLACEHOLDER = "<VideoHere>"
 
 
+def frame_policy_settings(policy: str, max_frames: int, truncate_frames: int, pool_size: int) -> dict[str, Any]:
+    """A frame policy with only the settings it uses: ``{"policy": "uniform", "max_frames": 7000}``,
+    ``{"policy": "truncate_maxpool", "truncate_frames": 21000, "pool_size": 3}`` or ``{"policy": "none"}``
+    (changing ``pool_size`` never changes what ``uniform`` does, so it is not part of its key)."""
+    if policy not in FRAME_POLICIES:
+        raise ValueError(f"frame policy must be one of {FRAME_POLICIES}, got {policy!r}")
+    if policy == "uniform":
+        return {"policy": policy, "max_frames": int(max_frames)}
+    if policy == "truncate_maxpool":
+        return {"policy": policy, "truncate_frames": int(truncate_frames), "pool_size": int(pool_size)}
+    return {"policy": policy}
+
+
 class LQFormerConfig(PreTrainedConfig):
     r"""One modality's Lightweight Query transformer (LQ-former, paper Eq. 1) and its projector.
 
@@ -83,6 +96,10 @@ class LQFormerConfig(PreTrainedConfig):
         for name in ("feature_dim", "num_query_tokens", "max_frames", "truncate_frames", "pool_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"LQ-former {name} must be >= 1, got {getattr(self, name)}")
+
+    def frame_settings(self) -> dict[str, Any]:
+        """This modality's frame policy with only the settings it uses (see ``frame_policy_settings``)."""
+        return frame_policy_settings(self.frame_policy, self.max_frames, self.truncate_frames, self.pool_size)
 
 
 def _as_lqformer_config(value: Any, feature_dim: int) -> LQFormerConfig:
@@ -223,4 +240,11 @@ class MllmDrConfig(PreTrainedConfig):
 
 MllmDrConfig.register_for_auto_class()
 
-__all__ = ["LQFormerConfig", "MllmDrConfig", "FRAME_POLICIES", "AUDIO_PLACEHOLDER", "VIDEO_PLACEHOLDER"]
+__all__ = [
+    "LQFormerConfig",
+    "MllmDrConfig",
+    "FRAME_POLICIES",
+    "AUDIO_PLACEHOLDER",
+    "VIDEO_PLACEHOLDER",
+    "frame_policy_settings",
+]

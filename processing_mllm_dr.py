@@ -1,30 +1,51 @@
-"""MLlm-DR processor: the single owner of the prompt and of the output format.
+"""MLlm-DR processor: the single owner of the prompt, the frame policy and the output format.
 
 Self-contained (torch + transformers, numpy through them): this file travels inside every checkpoint.
 
 It turns (transcript, PHQ item, audio features, video features[, rationale, score]) into model
 inputs: it renders the prompt (the part shared by all items of a participant first, the
 item-specific instruction last, so the prefix can be reused), expands each placeholder to the
-LQ-former's query count, truncates only the transcript, applies the frame policy, pads the feature
-sequences with boolean masks, and builds labels that train only the answer (EOS included).
-``parse_output`` is the one strict reader of what the model writes.
+LQ-former's query count, truncates only the transcript, shortens each feature sequence with its
+modality's frame policy (:meth:`MllmDrProcessor.reduce_frames`, the one place the policy is
+applied), pads the feature sequences with boolean masks, and builds labels that train only the
+answer (EOS included). :func:`parse_output` is the one strict reader of what the model writes.
+
+The work is split in public steps so that a data pipeline can run the expensive ones once:
+:meth:`~MllmDrProcessor.tokenize` (one sample's token ids, e.g. in ``datasets.map``),
+:meth:`~MllmDrProcessor.reduce_frames` (e.g. when a feature cache is built) and
+:meth:`~MllmDrProcessor.collate` (padding a batch of tokenized samples and their features);
+``__call__`` runs all three.
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from transformers import BatchFeature, ProcessorMixin
 
 try:
-    from .configuration_mllm_dr import AUDIO_PLACEHOLDER, FRAME_POLICIES, VIDEO_PLACEHOLDER, MllmDrConfig
+    from .configuration_mllm_dr import (
+        AUDIO_PLACEHOLDER,
+        FRAME_POLICIES,
+        VIDEO_PLACEHOLDER,
+        MllmDrConfig,
+        frame_policy_settings,
+    )
 except ImportError:  # imported as a top-level module rather than as remote code
-    from configuration_mllm_dr import AUDIO_PLACEHOLDER, FRAME_POLICIES, VIDEO_PLACEHOLDER, MllmDrConfig
+    from configuration_mllm_dr import (
+        AUDIO_PLACEHOLDER,
+        FRAME_POLICIES,
+        VIDEO_PLACEHOLDER,
+        MllmDrConfig,
+        frame_policy_settings,
+    )
+
+MODALITIES = ("audio", "video")
 
 
 @dataclass(frozen=True)
@@ -54,15 +75,23 @@ PHQ9_ITEMS: tuple[PhqItem, ...] = (
 PHQ8_ITEMS: tuple[PhqItem, ...] = PHQ9_ITEMS[:8]
 QUESTIONNAIRES: dict[str, tuple[PhqItem, ...]] = {"phq8": PHQ8_ITEMS, "phq9": PHQ9_ITEMS}
 
-# What each prompt mode shows the model: (transcript, audio, video).
-PROMPT_MODES: dict[str, tuple[bool, bool, bool]] = {
-    "full": (True, True, True),  # MLlm-DR stage 2
-    "features": (False, True, True),  # stage 1 (paper Table 5, "LQ")
-    "audio": (False, True, False),  # stage 1, audio only ("LQ-A")
-    "video": (False, False, True),  # stage 1, video only ("LQ-V")
-    "text": (True, False, False),  # the text-only LoRA baseline / "w/o LQ"
-    "text_audio": (True, True, False),  # "w/o LQ-V"
-    "text_video": (True, False, True),  # "w/o LQ-A"
+
+class PromptInputs(NamedTuple):
+    """What a prompt mode shows the model."""
+
+    transcript: bool
+    audio: bool
+    video: bool
+
+
+PROMPT_MODES: dict[str, PromptInputs] = {
+    "full": PromptInputs(True, True, True),  # MLlm-DR stage 2
+    "features": PromptInputs(False, True, True),  # stage 1 (paper Table 5, "LQ")
+    "audio": PromptInputs(False, True, False),  # stage 1, audio only ("LQ-A")
+    "video": PromptInputs(False, False, True),  # stage 1, video only ("LQ-V")
+    "text": PromptInputs(True, False, False),  # the text-only LoRA baseline / "w/o LQ"
+    "text_audio": PromptInputs(True, True, False),  # "w/o LQ-V"
+    "text_video": PromptInputs(True, False, True),  # "w/o LQ-A"
 }
 
 DEFAULT_SYSTEM_PROMPT = (
@@ -74,6 +103,17 @@ REASON_PREFIX = "Evaluation Reason:"
 SCORE_PREFIX = "Score:"
 _TRANSCRIPT_SLOT = "\u2063MLLMDR_TRANSCRIPT\u2063"
 _SCORE_LINE = re.compile(r"[ \t]*Score:[ \t]*([0-9]+)[ \t]*\.?[ \t]*")
+
+
+def prompt_mode(stage: int, use_audio: bool, use_video: bool, text_only: bool = False) -> str:
+    """The prompt mode a training stage (1 or 2; inference uses 2) and the modality switches imply."""
+    if text_only or (not use_audio and not use_video):
+        if stage == 1:
+            raise ValueError("stage 1 trains the LQ-formers: it needs at least one of audio or video")
+        return "text"
+    if stage == 1:
+        return "features" if use_audio and use_video else ("audio" if use_audio else "video")
+    return "full" if use_audio and use_video else ("text_audio" if use_audio else "text_video")
 
 
 def apply_frame_policy(
@@ -88,6 +128,8 @@ def apply_frame_policy(
     ``"uniform"``: at most ``max_frames`` frames picked evenly over the whole interview (nothing
     after minute 7 is lost); ``"truncate_maxpool"``: the authors' policy, the first
     ``truncate_frames`` frames max-pooled by ``pool_size``; ``"none"``: unchanged.
+
+    Apply it once: ``truncate_maxpool`` shortens an already shortened sequence again.
     """
     if policy == "none":
         return features
@@ -105,6 +147,57 @@ def apply_frame_policy(
     raise ValueError(f"frame policy must be one of {FRAME_POLICIES}, got {policy!r}")
 
 
+def reduce_frames(features: np.ndarray, settings: Mapping[str, Any]) -> np.ndarray:
+    """:func:`apply_frame_policy` with settings as ``frame_policy_settings`` writes them."""
+    return apply_frame_policy(
+        features,
+        settings["policy"],
+        settings.get("max_frames", 0),
+        settings.get("truncate_frames", 0),
+        settings.get("pool_size", 1),
+    )
+
+
+def parse_output(text: str, score_min: int = 0, score_max: int = 3) -> tuple[int | None, str]:
+    """Strictly reads a generated answer: ``(score, rationale)``.
+
+    The score counts only when ``Score:`` occurs exactly once in the text, on a line of its own,
+    followed by one integer in ``[score_min, score_max]``. Anything else (no score, two scores, a
+    score inside the rationale, out of range, a digit elsewhere) gives ``None``: never a guess.
+    """
+    text = text.strip()
+    score = None
+    score_lines = [line for line in text.splitlines() if SCORE_PREFIX.lower() in line.lower()]
+    if len(score_lines) == 1 and text.lower().count(SCORE_PREFIX.lower()) == 1:
+        match = _SCORE_LINE.fullmatch(score_lines[0])
+        if match is not None and score_min <= int(match.group(1)) <= score_max:
+            score = int(match.group(1))
+    rationale_lines = [line for line in text.splitlines() if not _SCORE_LINE.fullmatch(line)]
+    rationale = "\n".join(rationale_lines).strip()
+    if rationale.startswith(REASON_PREFIX):
+        rationale = rationale[len(REASON_PREFIX) :].strip()
+    return score, rationale
+
+
+def format_target(score: int, rationale: str | None = None) -> str:
+    """Stage 2: ``Evaluation Reason: <rationale>\\nScore: <s>``; stage 1: ``Score: <s>``."""
+    if rationale is None:
+        return f"{SCORE_PREFIX} {int(score)}"
+    rationale = rationale.strip()
+    if rationale.startswith(REASON_PREFIX):
+        rationale = rationale[len(REASON_PREFIX) :].strip()
+    return f"{REASON_PREFIX} {rationale}\n{SCORE_PREFIX} {int(score)}"
+
+
+def _integer(value: Any, field: str) -> int:
+    """``value`` as an int when it is an integral number (3 or 3.0; never True, 3.7 or "3")."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise ValueError(f"{field}: expected an integer, got {value!r}")
+    if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+        raise ValueError(f"{field}: expected an integer, got {value!r}")
+    return int(value)
+
+
 class MllmDrProcessor(ProcessorMixin):
     r"""Builds MLlm-DR inputs from transcripts, PHQ items and pre-extracted feature sequences.
 
@@ -115,11 +208,14 @@ class MllmDrProcessor(ProcessorMixin):
         num_audio_tokens / num_video_tokens: Tokens each placeholder expands to (the LQ-former's queries).
         audio_feature_dim / video_feature_dim: Expected width of a frame; anything else is refused.
         audio_frame_policy / video_frame_policy, audio_max_frames / video_max_frames,
-        truncate_frames, pool_size: See ``apply_frame_policy``.
+        audio_truncate_frames / video_truncate_frames, audio_pool_size / video_pool_size: Each
+            modality's frame policy (see ``apply_frame_policy``); ``from_config`` copies them from
+            that modality's ``LQFormerConfig``.
         max_transcript_tokens: Transcript budget in tokens (set explicitly: some tokenizers report an
             enormous ``model_max_length``). Only the transcript is ever truncated.
         transcript_truncation_side: ``"right"`` drops the end of a long transcript, ``"left"`` its start.
         system_prompt: The system message (paper Table 1's by default).
+        score_min / score_max: Range of one item score (0-3); the prompt, the targets and the parser use it.
         chat_template: Unused by this processor (the tokenizer's chat template renders the prompt).
     """
 
@@ -135,14 +231,20 @@ class MllmDrProcessor(ProcessorMixin):
         video_frame_policy: str = "uniform",
         audio_max_frames: int = 7000,
         video_max_frames: int = 7000,
-        truncate_frames: int = 21000,
-        pool_size: int = 3,
+        audio_truncate_frames: int | None = None,
+        video_truncate_frames: int | None = None,
+        audio_pool_size: int | None = None,
+        video_pool_size: int | None = None,
         max_transcript_tokens: int = 1536,
         transcript_truncation_side: str = "right",
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
+        score_min: int = 0,
+        score_max: int = 3,
         chat_template: str | None = None,
         **kwargs: Any,
     ):
+        # Processors saved before the settings were per modality had one shared pair.
+        legacy_truncate, legacy_pool = kwargs.pop("truncate_frames", 21000), kwargs.pop("pool_size", 3)
         if questionnaire not in QUESTIONNAIRES:
             raise ValueError(f"questionnaire must be one of {sorted(QUESTIONNAIRES)}, got {questionnaire!r}")
         for name, policy in (("audio_frame_policy", audio_frame_policy), ("video_frame_policy", video_frame_policy)):
@@ -152,6 +254,8 @@ class MllmDrProcessor(ProcessorMixin):
             raise ValueError(f"transcript_truncation_side must be 'left' or 'right', got {transcript_truncation_side!r}")
         if int(max_transcript_tokens) < 1:
             raise ValueError(f"max_transcript_tokens must be >= 1, got {max_transcript_tokens}")
+        if not int(score_min) < int(score_max):
+            raise ValueError(f"score_min ({score_min}) must be < score_max ({score_max})")
         self.questionnaire = questionnaire
         self.num_audio_tokens = int(num_audio_tokens)
         self.num_video_tokens = int(num_video_tokens)
@@ -161,11 +265,20 @@ class MllmDrProcessor(ProcessorMixin):
         self.video_frame_policy = video_frame_policy
         self.audio_max_frames = int(audio_max_frames)
         self.video_max_frames = int(video_max_frames)
-        self.truncate_frames = int(truncate_frames)
-        self.pool_size = int(pool_size)
+        self.audio_truncate_frames = int(legacy_truncate if audio_truncate_frames is None else audio_truncate_frames)
+        self.video_truncate_frames = int(legacy_truncate if video_truncate_frames is None else video_truncate_frames)
+        self.audio_pool_size = int(legacy_pool if audio_pool_size is None else audio_pool_size)
+        self.video_pool_size = int(legacy_pool if video_pool_size is None else video_pool_size)
+        for modality in MODALITIES:
+            for name in ("max_frames", "truncate_frames", "pool_size"):
+                if getattr(self, f"{modality}_{name}") < 1:
+                    raise ValueError(f"{modality}_{name} must be >= 1, got {getattr(self, f'{modality}_{name}')}")
         self.max_transcript_tokens = int(max_transcript_tokens)
         self.transcript_truncation_side = transcript_truncation_side
         self.system_prompt = system_prompt
+        self.score_min = int(score_min)
+        self.score_max = int(score_max)
+        self._prompt_cache: dict[tuple, tuple[list[int], list[int]]] = {}
         super().__init__(tokenizer, chat_template=chat_template)
         missing = [t for t in (AUDIO_PLACEHOLDER, VIDEO_PLACEHOLDER) if t not in self.tokenizer.get_vocab()]
         if missing:
@@ -177,20 +290,21 @@ class MllmDrProcessor(ProcessorMixin):
 
     @classmethod
     def from_config(cls, tokenizer: Any, config: MllmDrConfig, **kwargs: Any) -> MllmDrProcessor:
-        """A processor whose token counts, feature dims and frame policies match a model config."""
-        audio, video = config.audio_config, config.video_config
-        values = dict(
-            num_audio_tokens=audio.num_query_tokens,
-            num_video_tokens=video.num_query_tokens,
-            audio_feature_dim=audio.feature_dim,
-            video_feature_dim=video.feature_dim,
-            audio_frame_policy=audio.frame_policy,
-            video_frame_policy=video.frame_policy,
-            audio_max_frames=audio.max_frames,
-            video_max_frames=video.max_frames,
-            truncate_frames=audio.truncate_frames,
-            pool_size=audio.pool_size,
-        )
+        """A processor whose token counts, feature dims, frame policies and score range match a model
+        config (each modality's settings from that modality's ``LQFormerConfig``)."""
+        values: dict[str, Any] = {"score_min": config.score_min, "score_max": config.score_max}
+        for modality in MODALITIES:
+            lqformer = getattr(config, f"{modality}_config")
+            values.update(
+                {
+                    f"num_{modality}_tokens": lqformer.num_query_tokens,
+                    f"{modality}_feature_dim": lqformer.feature_dim,
+                    f"{modality}_frame_policy": lqformer.frame_policy,
+                    f"{modality}_max_frames": lqformer.max_frames,
+                    f"{modality}_truncate_frames": lqformer.truncate_frames,
+                    f"{modality}_pool_size": lqformer.pool_size,
+                }
+            )
         values.update(kwargs)
         return cls(tokenizer, **values)
 
@@ -212,61 +326,53 @@ class MllmDrProcessor(ProcessorMixin):
     def instruction(self, item_index: int, with_rationale: bool = True) -> str:
         """The item-specific request, the last part of every prompt."""
         aspect = self.item(item_index).aspect
+        low, high = self.score_min, self.score_max
         if with_rationale:
-            answer_format = f"{REASON_PREFIX} A concise and logical description.\n{SCORE_PREFIX} 0-3"
+            answer_format = f"{REASON_PREFIX} A concise and logical description.\n{SCORE_PREFIX} {low}-{high}"
         else:
-            answer_format = f"{SCORE_PREFIX} 0-3"
+            answer_format = f"{SCORE_PREFIX} {low}-{high}"
         return (
-            f"Please evaluate the participant's {aspect} over the last two weeks, and score it from 0 to 3. "
+            f"Please evaluate the participant's {aspect} over the last two weeks, and score it from {low} to {high}. "
             f"The output format is as follows:\n{answer_format}\n"
             "Each output must strictly follow this format, avoiding omissions or confusion."
         )
 
-    @staticmethod
-    def format_target(score: int, rationale: str | None = None) -> str:
-        """Stage 2: ``Evaluation Reason: <rationale>\\nScore: <0-3>``; stage 1: ``Score: <0-3>``."""
-        if rationale is None:
-            return f"{SCORE_PREFIX} {int(score)}"
-        rationale = rationale.strip()
-        if rationale.startswith(REASON_PREFIX):
-            rationale = rationale[len(REASON_PREFIX) :].strip()
-        return f"{REASON_PREFIX} {rationale}\n{SCORE_PREFIX} {int(score)}"
+    format_target = staticmethod(format_target)
 
-    @staticmethod
-    def parse_output(text: str, score_min: int = 0, score_max: int = 3) -> tuple[int | None, str]:
-        """Strictly reads a generated answer: ``(score, rationale)``.
+    def parse_output(self, text: str) -> tuple[int | None, str]:
+        """:func:`parse_output` with this processor's score range."""
+        return parse_output(text, self.score_min, self.score_max)
 
-        The score counts only when ``Score:`` occurs exactly once in the text, on a line of its own,
-        followed by one integer in ``[score_min, score_max]``. Anything else (no score, two scores, a
-        score inside the rationale, out of range, a digit elsewhere) gives ``None``: never a guess.
-        """
-        text = text.strip()
-        score = None
-        score_lines = [line for line in text.splitlines() if SCORE_PREFIX.lower() in line.lower()]
-        if len(score_lines) == 1 and text.lower().count(SCORE_PREFIX.lower()) == 1:
-            match = _SCORE_LINE.fullmatch(score_lines[0])
-            if match is not None and score_min <= int(match.group(1)) <= score_max:
-                score = int(match.group(1))
-        rationale_lines = [line for line in text.splitlines() if not _SCORE_LINE.fullmatch(line)]
-        rationale = "\n".join(rationale_lines).strip()
-        if rationale.startswith(REASON_PREFIX):
-            rationale = rationale[len(REASON_PREFIX) :].strip()
-        return score, rationale
+    def check_score(self, value: Any, field: str = "score") -> int:
+        """An item score as an int in ``[score_min, score_max]``; anything else is a ``ValueError``."""
+        try:
+            score = _integer(value, field)
+        except ValueError:
+            raise ValueError(f"{field}: expected an integer item score in {self.score_min}-{self.score_max}, got {value!r}") from None
+        if not self.score_min <= score <= self.score_max:
+            raise ValueError(f"{field}: expected an integer item score in {self.score_min}-{self.score_max}, got {value!r}")
+        return score
 
     # ----------------------------------------------------------------- prompt rendering
+    def inputs_for(self, mode: str) -> PromptInputs:
+        """What prompt ``mode`` shows: ``(transcript, audio, video)`` booleans."""
+        if mode not in PROMPT_MODES:
+            raise ValueError(f"mode must be one of {sorted(PROMPT_MODES)}, got {mode!r}")
+        return PROMPT_MODES[mode]
+
     def render_prompt(self, item_index: int, mode: str = "full", with_rationale: bool = True) -> tuple[str, str]:
         """The prompt as text around the transcript: ``(before_transcript, after_transcript)``.
 
         Order: system prompt, feature placeholders, transcript (all shared by a participant's
         items), then the item's instruction, then the template's assistant header.
         """
-        use_transcript, use_audio, use_video = self._mode(mode)
+        inputs = self.inputs_for(mode)
         parts = []
-        if use_audio:
+        if inputs.audio:
             parts.append(f"Audio features of the interview: {AUDIO_PLACEHOLDER}\n")
-        if use_video:
+        if inputs.video:
             parts.append(f"Visual features of the interview: {VIDEO_PLACEHOLDER}\n")
-        if use_transcript:
+        if inputs.transcript:
             parts.append(f"Interview transcript:\n{_TRANSCRIPT_SLOT}\n\n")
         else:
             parts.append(_TRANSCRIPT_SLOT)
@@ -283,38 +389,135 @@ class MllmDrProcessor(ProcessorMixin):
         before, after = text.split(_TRANSCRIPT_SLOT)
         return before, after
 
-    @staticmethod
-    def _mode(mode: str) -> tuple[bool, bool, bool]:
-        if mode not in PROMPT_MODES:
-            raise ValueError(f"mode must be one of {sorted(PROMPT_MODES)}, got {mode!r}")
-        return PROMPT_MODES[mode]
-
-    def _encode(self, text: str) -> list[int]:
+    def encode_text(self, text: str) -> list[int]:
+        """Token ids of ``text`` without special tokens (the pieces of a prompt)."""
         return self.tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
 
-    def _expand_placeholders(self, ids: list[int], mode: str, where: str) -> list[int]:
-        _, use_audio, use_video = self._mode(mode)
-        expected = {self.audio_token_id: (use_audio, self.num_audio_tokens, AUDIO_PLACEHOLDER)}
-        expected[self.video_token_id] = (use_video, self.num_video_tokens, VIDEO_PLACEHOLDER)
+    def prompt_ids(self, item_index: int, mode: str = "full", with_rationale: bool = True) -> tuple[list[int], list[int]]:
+        """Token ids around the transcript, placeholders already expanded: ``(before, after)``.
+
+        Rendered once per (item, mode, answer format) and reused: the chat template is the slow part.
+        """
+        key = (
+            item_index, mode, with_rationale, self.system_prompt, self.questionnaire, self.score_min, self.score_max,
+            self.num_audio_tokens, self.num_video_tokens, getattr(self.tokenizer, "chat_template", None), len(self.tokenizer),
+        )  # fmt: skip
+        cached = self._prompt_cache.get(key)
+        if cached is None:
+            before, after = self.render_prompt(item_index, mode, with_rationale=with_rationale)
+            cached = (self._expand_placeholders(self.encode_text(before), mode), self.encode_text(after))
+            self._prompt_cache[key] = cached
+        return list(cached[0]), list(cached[1])
+
+    def _expand_placeholders(self, ids: list[int], mode: str) -> list[int]:
+        inputs = self.inputs_for(mode)
+        expected = {
+            self.audio_token_id: (inputs.audio, self.num_audio_tokens, AUDIO_PLACEHOLDER),
+            self.video_token_id: (inputs.video, self.num_video_tokens, VIDEO_PLACEHOLDER),
+        }
         for token_id, (wanted, _, name) in expected.items():
             found = ids.count(token_id)
             if found != int(wanted):
                 raise ValueError(
-                    f"{where}: expected {int(wanted)} {name} placeholder(s) in the prompt for mode {mode!r}, "
-                    f"found {found}"
+                    f"expected {int(wanted)} {name} placeholder(s) in the prompt for mode {mode!r}, found {found} "
+                    "(check the system prompt and the tokenizer's chat template)"
                 )
         expanded: list[int] = []
         for token_id in ids:
             expanded.extend([token_id] * expected[token_id][1] if token_id in expected else [token_id])
         return expanded
 
+    def encode_transcript(self, transcript: str, field: str = "transcript") -> tuple[list[int], int]:
+        """The transcript's token ids within ``max_transcript_tokens`` and how many tokens were cut."""
+        if not isinstance(transcript, str):
+            raise ValueError(f"{field}: expected a string, got {type(transcript).__name__}")
+        if not transcript.strip():
+            raise ValueError(f"{field}: the transcript is empty")
+        ids = self.encode_text(transcript)
+        if {self.audio_token_id, self.video_token_id} & set(ids):
+            raise ValueError(
+                f"{field}: contains the text {AUDIO_PLACEHOLDER} or {VIDEO_PLACEHOLDER}, "
+                "which would add a second feature placeholder"
+            )
+        cut = max(0, len(ids) - self.max_transcript_tokens)
+        if cut:
+            ids = ids[: self.max_transcript_tokens] if self.transcript_truncation_side == "right" else ids[cut:]
+        return ids, cut
+
+    # ----------------------------------------------------------------- one sample's tokens
+    def tokenize(
+        self,
+        transcript: str | None,
+        item_index: int,
+        mode: str = "full",
+        score: int | None = None,
+        rationale: str | None = None,
+        with_rationale: bool | None = None,
+        transcript_ids: tuple[list[int], int] | None = None,
+        field: str = "sample",
+    ) -> dict[str, Any]:
+        """One prompt (plus its answer when ``score`` is given) as token ids.
+
+        Returns ``input_ids``, ``labels`` (-100 on the prompt), ``prompt_length``,
+        ``transcript_truncated`` (tokens cut) and ``score`` (the target's, or None). ``transcript_ids`` (``encode_transcript``'s result)
+        skips encoding the transcript again, e.g. for a participant's other items.
+        ``with_rationale`` picks the answer format the instruction asks for: by default the target's
+        (a rationale given or not) and, without a target, the stage-2 format.
+        """
+        item_index = _integer(item_index, f"{field}: item_index")
+        self.item(item_index)
+        if rationale is not None and score is None:
+            raise ValueError(f"{field}: a rationale needs a score: the target always ends with the score line")
+        if with_rationale is None:
+            with_rationale = score is None or rationale is not None
+        ids, cut = [], 0
+        if self.inputs_for(mode).transcript:
+            ids, cut = transcript_ids if transcript_ids is not None else self.encode_transcript(transcript, f"{field}: transcript")
+        before, after = self.prompt_ids(item_index, mode, with_rationale)
+        prompt = before + ids + after
+        labels = [-100] * len(prompt)
+        if score is not None:
+            score = self.check_score(score, f"{field}: score")
+            if rationale is not None and (not isinstance(rationale, str) or not rationale.strip()):
+                raise ValueError(f"{field}: the rationale must be a non-empty string, got {rationale!r}")
+            answer = self.encode_text(format_target(score, rationale)) + [self.tokenizer.eos_token_id]
+            labels = labels + answer
+            prompt = prompt + answer
+        return {
+            "input_ids": prompt,
+            "labels": labels,
+            "prompt_length": len(before) + len(ids) + len(after),
+            "transcript_truncated": cut,
+            "score": score,
+        }
+
     # ----------------------------------------------------------------- features
-    def _prepare_features(
-        self, modality: str, features: Sequence[Any] | None, batch_size: int
+    def frame_settings(self, modality: str) -> dict[str, Any]:
+        """The frame policy of ``modality`` with only the settings it uses (a cache key)."""
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        return frame_policy_settings(
+            getattr(self, f"{modality}_frame_policy"),
+            getattr(self, f"{modality}_max_frames"),
+            getattr(self, f"{modality}_truncate_frames"),
+            getattr(self, f"{modality}_pool_size"),
+        )
+
+    def reduce_frames(self, modality: str, features: np.ndarray) -> np.ndarray:
+        """``modality``'s frame policy applied to one raw ``(frames, dim)`` sequence: the one place
+        the policy runs. A memory-mapped input is read only where the policy keeps frames."""
+        return reduce_frames(features, self.frame_settings(modality))
+
+    def pad_features(
+        self, modality: str, features: Sequence[Any] | None, batch_size: int, frames_reduced: bool = False
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Feature sequences of one modality as a zero-padded float32 ``(batch, frames, dim)`` tensor
+        and its boolean mask (True = a real frame); ``None`` entries are missing recordings.
+
+        Each sequence goes through :meth:`reduce_frames` unless ``frames_reduced`` (it already did,
+        e.g. in a feature cache). Widths, dtypes and finiteness are checked, naming the entry.
+        """
         dim = getattr(self, f"{modality}_feature_dim")
-        policy = getattr(self, f"{modality}_frame_policy")
-        max_frames = getattr(self, f"{modality}_max_frames")
         field = f"{modality}_features"
         if features is None:
             features = [None] * batch_size
@@ -325,10 +528,14 @@ class MllmDrProcessor(ProcessorMixin):
             if sample is None:
                 arrays.append(np.zeros((0, dim), dtype=np.float32))
                 continue
-            array = sample.detach().cpu().float().numpy() if isinstance(sample, torch.Tensor) else np.asarray(sample)
+            array = sample.detach().cpu() if isinstance(sample, torch.Tensor) else sample
+            array = array.float().numpy() if isinstance(array, torch.Tensor) and array.is_floating_point() else np.asarray(array)
+            if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
+                raise ValueError(f"{field}[{i}]: expected real-valued features, got dtype {array.dtype}")
             if array.ndim != 2 or array.shape[1] != dim:
                 raise ValueError(f"{field}[{i}]: expected shape (frames, {dim}), got {tuple(array.shape)}")
-            array = apply_frame_policy(array, policy, max_frames, self.truncate_frames, self.pool_size)
+            if not frames_reduced:
+                array = self.reduce_frames(modality, array)
             array = np.array(array, dtype=np.float32)  # a writable float32 copy (inputs may be read-only memmaps)
             if not np.isfinite(array).all():
                 bad = int((~np.isfinite(array)).any(axis=1).sum())
@@ -341,6 +548,61 @@ class MllmDrProcessor(ProcessorMixin):
             padded[i, : array.shape[0]] = torch.from_numpy(array)
             mask[i, : array.shape[0]] = True
         return padded, mask
+
+    # ----------------------------------------------------------------- batches
+    def collate(
+        self,
+        samples: Sequence[Mapping[str, Any]],
+        mode: str = "full",
+        audio_features: Sequence[Any] | None = None,
+        video_features: Sequence[Any] | None = None,
+        padding_side: str = "left",
+        frames_reduced: bool = False,
+        with_labels: bool | None = None,
+        return_truncation: bool = False,
+    ) -> BatchFeature:
+        """Pads :meth:`tokenize` outputs and their features into model inputs.
+
+        Returns ``input_ids``, ``attention_mask``, ``prompt_mask`` (what the score head pools),
+        ``labels`` (when the samples have answers, or ``with_labels``), ``{audio,video}_features`` +
+        ``_mask`` for the modalities the mode shows, and, with ``return_truncation``,
+        ``transcript_truncated`` (tokens cut per sample; not a model input).
+        """
+        if padding_side not in ("left", "right"):
+            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
+        batch_size = len(samples)
+        if batch_size == 0:
+            raise ValueError("collate needs at least one sample")
+        inputs = self.inputs_for(mode)
+        for modality, used, features in (("audio", inputs.audio, audio_features), ("video", inputs.video, video_features)):
+            if not used and features is not None and any(f is not None for f in features):
+                raise ValueError(f"{modality}_features were given but mode {mode!r} shows no {modality}")
+        if with_labels is None:
+            with_labels = any(len(s["labels"]) > s["prompt_length"] for s in samples)
+        length = max(len(s["input_ids"]) for s in samples)
+        input_ids = torch.full((batch_size, length), self.tokenizer.pad_token_id, dtype=torch.long)
+        attention_mask = torch.zeros(batch_size, length, dtype=torch.long)
+        prompt_mask = torch.zeros(batch_size, length, dtype=torch.bool)
+        labels = torch.full((batch_size, length), -100, dtype=torch.long)
+        for i, sample in enumerate(samples):
+            ids = sample["input_ids"]
+            start = length - len(ids) if padding_side == "left" else 0
+            input_ids[i, start : start + len(ids)] = torch.as_tensor(ids, dtype=torch.long)
+            attention_mask[i, start : start + len(ids)] = 1
+            labels[i, start : start + len(ids)] = torch.as_tensor(sample["labels"], dtype=torch.long)
+            prompt_mask[i, start : start + int(sample["prompt_length"])] = True
+        data: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "prompt_mask": prompt_mask}
+        if with_labels:
+            data["labels"] = labels
+            if all(s.get("score") is not None for s in samples):
+                data["score_labels"] = torch.tensor([float(s["score"]) for s in samples], dtype=torch.float32)
+        for modality, used, features in (("audio", inputs.audio, audio_features), ("video", inputs.video, video_features)):
+            if used:
+                padded, mask = self.pad_features(modality, features, batch_size, frames_reduced=frames_reduced)
+                data[f"{modality}_features"], data[f"{modality}_mask"] = padded, mask
+        if return_truncation:
+            data["transcript_truncated"] = torch.tensor([int(s["transcript_truncated"]) for s in samples], dtype=torch.long)
+        return BatchFeature(data=data)
 
     # ----------------------------------------------------------------- main entry point
     def __call__(
@@ -356,28 +618,24 @@ class MllmDrProcessor(ProcessorMixin):
         with_rationale: bool | None = None,
         return_truncation: bool = False,
         return_tensors: str = "pt",
+        frames_reduced: bool = False,
     ) -> BatchFeature:
-        """Model inputs for a batch of (participant, item) prompts.
+        """Model inputs for a batch of (participant, item) prompts: :meth:`tokenize` per sample
+        (a transcript shared by several samples is encoded once), then :meth:`collate`.
 
         With ``scores`` the answer is appended and ``labels`` / ``score_labels`` are returned: the
         target is ``Evaluation Reason: <rationale>\\nScore: <s>`` where a rationale is given (stage
         2) and ``Score: <s>`` where it is None (stage 1), each followed by EOS, which is trained.
-        Returns ``input_ids``, ``attention_mask``, ``prompt_mask`` (what the score head pools),
-        ``{audio,video}_features`` + ``_mask`` for the modalities the mode shows, and, with
-        ``return_truncation``, ``transcript_truncated`` (tokens cut per sample; not a model input).
-        ``with_rationale`` picks the answer format the instruction asks for; by default it is the
-        target's format (rationale given or not) and, without targets, the stage-2 format.
+        Raw feature sequences go through each modality's frame policy (``frames_reduced=True``:
+        they already did). See :meth:`collate` for the returned fields.
         """
         if return_tensors != "pt":
             raise ValueError("only return_tensors='pt' is supported")
-        if padding_side not in ("left", "right"):
-            raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         if isinstance(transcripts, str):
             transcripts = [transcripts]
         if isinstance(item_indices, (int, np.integer)):
             item_indices = [int(item_indices)]
         batch_size = len(transcripts)
-        use_transcript, use_audio, use_video = self._mode(mode)
         named = {"item_indices": item_indices, "scores": scores, "rationales": rationales}
         named.update({"audio_features": audio_features, "video_features": video_features})
         for name, values in named.items():
@@ -385,77 +643,34 @@ class MllmDrProcessor(ProcessorMixin):
                 raise ValueError(f"{name}: expected {batch_size} entries (one per transcript), got {len(values)}")
         if rationales is not None and scores is None:
             raise ValueError("rationales need scores: the target always ends with the score line")
-        if not use_audio and audio_features is not None and any(f is not None for f in audio_features):
-            raise ValueError(f"audio_features were given but mode {mode!r} shows no audio")
-        if not use_video and video_features is not None and any(f is not None for f in video_features):
-            raise ValueError(f"video_features were given but mode {mode!r} shows no video")
-
-        eos_id = self.tokenizer.eos_token_id
-        sequences, label_rows, prompt_lengths, truncated = [], [], [], []
+        uses_transcript = self.inputs_for(mode).transcript
+        encoded: dict[str, tuple[list[int], int]] = {}
+        samples = []
         for i in range(batch_size):
             transcript = transcripts[i]
             if not isinstance(transcript, str):
                 raise ValueError(f"transcripts[{i}]: expected a string, got {type(transcript).__name__}")
-            if use_transcript and not transcript.strip():
-                raise ValueError(f"transcripts[{i}]: the transcript is empty")
-            item_index = int(item_indices[i])
-            asks_rationale = with_rationale
-            if asks_rationale is None:
-                asks_rationale = scores is None or (rationales is not None and rationales[i] is not None)
-            before, after = self.render_prompt(item_index, mode, with_rationale=asks_rationale)
-            transcript_ids = self._encode(transcript) if use_transcript else []
-            if {self.audio_token_id, self.video_token_id} & set(transcript_ids):
-                raise ValueError(
-                    f"transcripts[{i}]: contains the text {AUDIO_PLACEHOLDER} or {VIDEO_PLACEHOLDER}, "
-                    "which would add a second feature placeholder"
+            transcript_ids = None
+            if uses_transcript:
+                if transcript not in encoded:
+                    encoded[transcript] = self.encode_transcript(transcript, f"transcripts[{i}]")
+                transcript_ids = encoded[transcript]
+            samples.append(
+                self.tokenize(
+                    transcript,
+                    _integer(item_indices[i], f"item_indices[{i}]"),
+                    mode,
+                    score=None if scores is None else self.check_score(scores[i], f"scores[{i}]"),
+                    rationale=None if rationales is None else rationales[i],
+                    with_rationale=with_rationale,
+                    transcript_ids=transcript_ids,
+                    field=f"prompt {i}",
                 )
-            cut = max(0, len(transcript_ids) - self.max_transcript_tokens)
-            if cut:
-                transcript_ids = (
-                    transcript_ids[: self.max_transcript_tokens]
-                    if self.transcript_truncation_side == "right"
-                    else transcript_ids[cut:]
-                )
-            before_ids = self._expand_placeholders(self._encode(before), mode, where=f"prompt {i}")
-            prompt = before_ids + transcript_ids + self._encode(after)
-            labels = [-100] * len(prompt)
-            if scores is not None:
-                score = scores[i]
-                if isinstance(score, bool) or not float(score).is_integer() or not 0 <= int(score) <= 3:
-                    raise ValueError(f"scores[{i}]: expected an integer item score in 0-3, got {score!r}")
-                rationale = rationales[i] if rationales is not None else None
-                answer = self._encode(self.format_target(int(score), rationale)) + [eos_id]
-                prompt, labels = prompt + answer, labels + answer
-            sequences.append(prompt)
-            label_rows.append(labels)
-            prompt_lengths.append(len(prompt) - sum(label != -100 for label in labels))
-            truncated.append(cut)
-
-        length = max(len(s) for s in sequences)
-        pad_id = self.tokenizer.pad_token_id
-        input_ids = torch.full((batch_size, length), pad_id, dtype=torch.long)
-        attention_mask = torch.zeros(batch_size, length, dtype=torch.long)
-        prompt_mask = torch.zeros(batch_size, length, dtype=torch.bool)
-        labels_tensor = torch.full((batch_size, length), -100, dtype=torch.long)
-        for i, (ids, labels, prompt_length) in enumerate(zip(sequences, label_rows, prompt_lengths)):
-            start = length - len(ids) if padding_side == "left" else 0
-            span = slice(start, start + len(ids))
-            input_ids[i, span] = torch.tensor(ids)
-            attention_mask[i, span] = 1
-            labels_tensor[i, span] = torch.tensor(labels)
-            prompt_mask[i, start : start + prompt_length] = True
-
-        data: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask, "prompt_mask": prompt_mask}
-        if scores is not None:
-            data["labels"] = labels_tensor
-            data["score_labels"] = torch.tensor([float(s) for s in scores], dtype=torch.float32)
-        for modality, used, features in (("audio", use_audio, audio_features), ("video", use_video, video_features)):
-            if used:
-                padded, mask = self._prepare_features(modality, features, batch_size)
-                data[f"{modality}_features"], data[f"{modality}_mask"] = padded, mask
-        if return_truncation:
-            data["transcript_truncated"] = torch.tensor(truncated, dtype=torch.long)
-        return BatchFeature(data=data)
+            )
+        return self.collate(
+            samples, mode, audio_features, video_features, padding_side=padding_side,
+            frames_reduced=frames_reduced, with_labels=scores is not None, return_truncation=return_truncation,
+        )  # fmt: skip
 
     def batch_decode(self, *args: Any, **kwargs: Any) -> list[str]:
         return self.tokenizer.batch_decode(*args, **kwargs)
@@ -471,10 +686,20 @@ class MllmDrProcessor(ProcessorMixin):
 MllmDrProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
+    "MODALITIES",
     "MllmDrProcessor",
-    "PhqItem",
     "PHQ8_ITEMS",
     "PHQ9_ITEMS",
     "PROMPT_MODES",
+    "PhqItem",
+    "PromptInputs",
+    "QUESTIONNAIRES",
+    "REASON_PREFIX",
+    "SCORE_PREFIX",
     "apply_frame_policy",
+    "format_target",
+    "parse_output",
+    "prompt_mode",
+    "reduce_frames",
 ]

@@ -19,11 +19,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-import evaluate_mllm_dr  # noqa: E402
-from mllm_dr_training import MllmDrCollator, load_adapter_export, prompt_mode  # noqa: E402
+from mllm_dr.checkpoints import load_adapter_export
+from mllm_dr.data import CorpusArguments, MllmDrCollator, load_splits
+from mllm_dr.io import write_json_atomic
+from processing_mllm_dr import prompt_mode
 
 
 def probe(
@@ -32,10 +31,9 @@ def probe(
     """``{item: {"stage1_mae", "train_mean_mae", "n"}}`` for every item of ``split``."""
     model, processor = load_adapter_export(stage1)
     model.eval()
-    args = argparse.Namespace(dataset_format=dataset_format, data_dir=str(corpus), on_error="raise", visual="resnet",
-                              feature_cache_dir=None, limit_participants=None, cmdc_split="authors")
-    rows = evaluate_mllm_dr.load_rows(args, split, processor)
-    train_rows = evaluate_mllm_dr.load_rows(args, "train", None)
+    corpus_args = CorpusArguments(data_dir=str(corpus), dataset_format=dataset_format)
+    rows = [dict(r) for r in load_splits(corpus_args, (split,), frames=processor)[split]]
+    train_rows = load_splits(corpus_args, ("train",))["train"]
     item_means = {
         item: float(np.mean([r["label"] for r in train_rows if r["item_index"] == item]))
         for item in sorted({r["item_index"] for r in train_rows})
@@ -78,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     for item, values in result.items():
         print(f"| {item} | {values['stage1_mae']:.3f} | {values['train_mean_mae']:.3f} | {values['n']} |")
     if args.output:
-        args.output.write_text(json.dumps({"stage1": str(args.stage1), "corpus": str(args.corpus),
-                                           "split": args.split, "items": result}, indent=2))
+        write_json_atomic(args.output, {"stage1": str(args.stage1), "corpus": str(args.corpus), "split": args.split,
+                                        "items": result})
     return 0
 
 

@@ -7,31 +7,12 @@ import csv
 import logging
 import os
 import re
-import runpy
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import scipy.io
 
-import corpora
-from corpora import (
-    ROW_FEATURES,
-    build_feature_cache,
-    cmdc_protocol_split,
-    concatenate_corpora,
-    load_cached_features,
-    load_cmdc,
-    load_corpus,
-    load_daic_woz,
-    load_edaic,
-    read_feature_file,
-)
-from processing_mllm_dr import PHQ8_ITEMS, PHQ9_ITEMS, apply_frame_policy
-from rationales import write_rationales
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from corpus_fixtures import (
     CMDC_QUESTIONS,
     CMDC_SUBJECTS,
@@ -47,8 +28,34 @@ from corpus_fixtures import (
     write_edaic,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
+import mllm_dr.data as corpora
+from configuration_mllm_dr import LQFormerConfig, MllmDrConfig
+from mllm_dr.commands import synthetic_corpus
+from mllm_dr.data import (
+    ROW_FEATURES,
+    build_feature_cache,
+    cmdc_protocol_split,
+    concatenate_corpora,
+    load_cmdc,
+    load_corpus,
+    load_daic_woz,
+    load_edaic,
+    read_feature_file,
+    read_features,
+    write_rationales,
+)
+from processing_mllm_dr import PHQ8_ITEMS, PHQ9_ITEMS, apply_frame_policy
+
 COLUMNS = list(ROW_FEATURES)
+CACHE_COLUMNS = ["audio_cache", "audio_cache_policy", "video_cache", "video_cache_policy"]
+
+
+def frames(audio: dict | None = None, video: dict | None = None) -> MllmDrConfig:
+    """A config whose only job here is to carry each modality's frame policy to the cache."""
+    return MllmDrConfig(
+        audio_config=LQFormerConfig(**{"feature_dim": 768, **(audio or {})}),
+        video_config=LQFormerConfig(**{"feature_dim": 2048, **(video or {})}),
+    )
 
 
 def ids(dataset) -> set[str]:
@@ -137,7 +144,7 @@ def write_edaic_root(root: Path) -> Path:
 def test_edaic_without_detailed_lables(tmp_path, caplog):
     root = tmp_path / "edaic"
     truth = write_edaic(root, detailed_lables=False)
-    with caplog.at_level(logging.WARNING, logger="corpora"):
+    with caplog.at_level(logging.WARNING, logger="mllm_dr.data"):
         dd, report = load_edaic(root, return_report=True)
     assert all(label is None for label in dd["test"]["label"])
     assert dd["test"]["total"] == [truth[pid]["total"] for pid in dd["test"]["participant_id"]]  # from PHQ_Score
@@ -258,7 +265,7 @@ def test_edaic_broken_data_skips(edaic, case, caplog):
     root, _ = edaic
     breaker, kwargs, expected = EDAIC_BROKEN[case]
     breaker(root)
-    with caplog.at_level(logging.WARNING, logger="corpora"):
+    with caplog.at_level(logging.WARNING, logger="mllm_dr.data"):
         dd, report = load_edaic(root, on_error="skip", return_report=True, **kwargs)
     assert all_ids(dd) == {"300", "303", "600", "601"}
     assert report.skipped_participants == ["302"]
@@ -429,7 +436,7 @@ def test_cmdc_configurable_labels_and_question_map(tmp_path):
 def test_cmdc_shipped_question_map_marks_unconfirmed_items():
     import json
 
-    shipped = json.loads((ROOT / "data" / "cmdc_question_map.json").read_text(encoding="utf-8"))["items"]
+    shipped = json.loads(corpora.cmdc.QUESTION_MAP.read_text(encoding="utf-8"))["items"]
     assert {k: v["questions"] for k, v in shipped.items() if v["questions"]} == {"1": [4, 6], "2": [9, 10], "9": [8]}
     assert all(v["status"] == "unconfirmed" for k, v in shipped.items() if not v["questions"])
 
@@ -503,50 +510,66 @@ def test_feature_cache_built_once_and_reused(edaic, tmp_path):
     root, _ = edaic
     dd = load_edaic(root)
     cache = tmp_path / "cache"
-    settings = {"audio_max_frames": 4, "video_frame_policy": "truncate_maxpool", "truncate_frames": 6, "pool_size": 2}
-    cached = build_feature_cache(dd, cache, **settings)
-    assert cached["train"].column_names == [*COLUMNS, "audio_cache", "video_cache"]
+    policies = frames({"max_frames": 4}, {"frame_policy": "truncate_maxpool", "truncate_frames": 6, "pool_size": 2})
+    cached = build_feature_cache(dd, cache, policies)
+    assert cached["train"].column_names == [*COLUMNS, *CACHE_COLUMNS]
     files = _mtimes(cache)
-    assert len(files) == 2 * len(all_ids(dd))  # one per unique source file, not per item
+    assert len(files) == 2 * len(all_ids(dd))  # one per unique source sequence, not per item
     assert not [name for name in files if name.endswith(".tmp")]
     for split in cached.values():
         for row in split:
-            assert len(row["audio_cache"]) == len(row["audio_files"]) == 1
-            audio = load_cached_features(row["audio_cache"])
+            assert len(row["audio_files"]) == 1
+            audio = read_features([row["audio_cache"]])
             assert isinstance(audio, np.memmap) and audio.dtype == np.float16
             assert audio.shape == (4, 768)  # uniform: 10 frames -> 4
             expected = apply_frame_policy(read_feature_file(row["audio_files"][0]), "uniform", 4).astype(np.float16)
             np.testing.assert_array_equal(audio, expected)
-            video = load_cached_features(row["video_cache"])
+            video = read_features([row["video_cache"]])
             assert video.shape == (3, 2048)  # first 6 of 7 frames max-pooled by 2
             direct = apply_frame_policy(read_feature_file(row["video_files"][0]), "truncate_maxpool", 0, 6, 2)
             np.testing.assert_array_equal(video, direct.astype(np.float16))
-    again = build_feature_cache(dd, cache, **settings)
+            assert row["video_cache_policy"] == '{"policy": "truncate_maxpool", "pool_size": 2, "truncate_frames": 6}'
+    again = build_feature_cache(dd, cache, policies)
     assert _mtimes(cache) == files  # nothing rewritten
     assert again["test"]["video_cache"] == cached["test"]["video_cache"]
     # Re-running on an already cached dataset replaces the columns instead of duplicating them.
-    assert build_feature_cache(cached, cache, **settings)["dev"].column_names == cached["dev"].column_names
+    assert build_feature_cache(cached, cache, policies)["dev"].column_names == cached["dev"].column_names
     # Other settings or an edited source file give new cache files; the old ones stay.
-    build_feature_cache(dd, cache, audio_max_frames=5, **{k: v for k, v in settings.items() if k != "audio_max_frames"})
+    other = frames({"max_frames": 5}, {"frame_policy": "truncate_maxpool", "truncate_frames": 6, "pool_size": 2})
+    build_feature_cache(dd, cache, other)
     assert len(_mtimes(cache)) == len(files) + len(all_ids(dd))
     source = Path(dd["dev"][0]["audio_files"][0])
     os.utime(source, ns=(source.stat().st_atime_ns, source.stat().st_mtime_ns + 10**9))
-    rebuilt = build_feature_cache(dd, cache, **settings)
+    rebuilt = build_feature_cache(dd, cache, policies)
     assert rebuilt["dev"][0]["audio_cache"] != cached["dev"][0]["audio_cache"]
-    assert load_cached_features([]) is None
+    assert read_features([]) is None
 
 
 def test_feature_cache_cmdc_concatenates_questions(cmdc, tmp_path):
     root, _ = cmdc
     dd = load_cmdc(root, split="fold1")
-    cached = build_feature_cache(dd, tmp_path / "cache", video_frame_policy="none", dtype="float32")
+    policies = frames(video={"feature_dim": 709, "frame_policy": "none"})
+    cached = build_feature_cache(dd, tmp_path / "cache", policies, dtype="float32")
     row = next(r for r in cached["test"] if r["participant_id"] == "HC01" and r["item_index"] == 1)
-    video = load_cached_features(row["video_cache"])
+    video = read_features([row["video_cache"]])
     direct = np.concatenate([read_feature_file(p) for p in row["video_files"]])
     assert video.dtype == np.float32 and video.shape == direct.shape and video.shape[1] == 709
     np.testing.assert_array_equal(video, direct)
     hc02 = next(r for split in cached.values() for r in split if r["participant_id"] == "HC02")
-    assert hc02["video_cache"] == [] and load_cached_features(hc02["video_cache"]) is None
+    assert hc02["video_cache"] is None and hc02["video_files"] == []
+
+
+def test_feature_cache_applies_the_policy_to_the_whole_sequence(cmdc, tmp_path):
+    """A CMDC item's question files are concatenated first, then shortened once: the policy's frame
+    budget holds for the item, however many questions it reads."""
+    root, _ = cmdc
+    dd = load_cmdc(root, split="fold1")
+    policies = frames(video={"feature_dim": 709, "max_frames": 3})
+    cached = build_feature_cache(dd, tmp_path / "cache", policies, dtype="float32")
+    row = next(r for r in cached["test"] if r["participant_id"] == "HC01" and len(r["video_files"]) > 1)
+    direct = np.concatenate([read_feature_file(p) for p in row["video_files"]])
+    assert direct.shape[0] > 3
+    np.testing.assert_array_equal(read_features([row["video_cache"]]), apply_frame_policy(direct, "uniform", 3))
 
 
 def test_feature_cache_errors(edaic, tmp_path, caplog):
@@ -556,39 +579,34 @@ def test_feature_cache_errors(edaic, tmp_path, caplog):
         handle.write("99, 3.3, 0.9, 1, 0.5\n")
     dd = load_edaic(root, visual="openface")
     with pytest.raises(ValueError, match=r"participant\(s\) 600: .*600_OpenFace2.1.0_Pose_gaze_AUs.csv: ragged"):
-        build_feature_cache(dd, tmp_path / "cache")
-    with caplog.at_level(logging.WARNING, logger="corpora"):
-        cached, report = build_feature_cache(dd, tmp_path / "cache", on_error="skip", return_report=True)
+        build_feature_cache(dd, tmp_path / "cache", frames(video={"feature_dim": 49}))
+    with caplog.at_level(logging.WARNING, logger="mllm_dr.data"):
+        cached, report = build_feature_cache(
+            dd, tmp_path / "cache", frames(video={"feature_dim": 49}), on_error="skip", return_report=True
+        )
     assert report.skipped_participants == ["600"] and ids(cached["test"]) == {"601"}
     assert "600_OpenFace2.1.0_Pose_gaze_AUs.csv" in caplog.text
     np.save(edaic_folder(root, "300") / "features" / "300_HuBERT.npy", np.full((3, 768), 1e6, np.float32))
     with pytest.raises(ValueError, match="overflow float16; use dtype='float32'"):
-        build_feature_cache(load_edaic(root), tmp_path / "cache2")
+        build_feature_cache(load_edaic(root), tmp_path / "cache2", frames())
 
 
 # --------------------------------------------------------------------------------------------- synthetic corpus
-def test_synthetic_corpus_loads(tmp_path, monkeypatch):
-    """The synthetic E-DAIC-layout corpus (scripts/make_synthetic_corpus.py) loads cleanly and caches."""
-    script = ROOT / "scripts" / "make_synthetic_corpus.py"
-    if not script.is_file():
-        pytest.skip("scripts/make_synthetic_corpus.py does not exist yet")
+def test_synthetic_corpus_loads(tmp_path):
+    """The synthetic E-DAIC-layout corpus (mllm-dr-synthetic-corpus) loads cleanly and caches."""
     out = tmp_path / "synthetic"
     # Its command line, run in this process (a subprocess would import torch a second time).
-    argv = [str(script), "--output", str(out), "--participants", "4", "--seed", "0", "--seconds", "3"]
-    monkeypatch.setattr(sys, "argv", argv)
-    with pytest.raises(SystemExit) as exit_info:
-        runpy.run_path(str(script), run_name="__main__")
-    assert exit_info.value.code in (0, None)
+    argv = ["--output_dir", str(out), "--participants", "4", "--seed", "0", "--seconds", "3"]
+    assert synthetic_corpus.main(argv) == 0
     rationales = out / "rationales.jsonl"
-    dd, report = load_edaic(out, rationales_path=rationales if rationales.is_file() else None, return_report=True)
+    dd, report = load_edaic(out, rationales_path=rationales, return_report=True)
     assert not report.skipped
     assert sum(len(split) for split in dd.values()) == 8 * 4
     for split in dd.values():
         for row in split:
             assert row["transcript"] and row["label"] in (0, 1, 2, 3) and row["total"] is not None
             assert len(row["audio_files"]) == len(row["video_files"]) == 1
-    if rationales.is_file():
-        assert any(row["rationale"] for row in dd["train"])
-    cached = build_feature_cache(dd, tmp_path / "cache", audio_max_frames=16, video_max_frames=16)
-    assert load_cached_features(cached["train"][0]["audio_cache"]).shape == (16, 768)
-    assert load_cached_features(cached["train"][0]["video_cache"]).shape == (16, 2048)
+    assert any(row["rationale"] for row in dd["train"])
+    cached = build_feature_cache(dd, tmp_path / "cache", frames({"max_frames": 16}, {"max_frames": 16}))
+    assert read_features([cached["train"][0]["audio_cache"]]).shape == (16, 768)
+    assert read_features([cached["train"][0]["video_cache"]]).shape == (16, 2048)

@@ -1,4 +1,5 @@
-"""distill_rationales.py against a real loopback chat-completions server and a tiny local LM."""
+"""The distiller (mllm_dr.distillation, mllm-dr-distill) against a real loopback chat-completions server and a
+tiny local LM."""
 
 from __future__ import annotations
 
@@ -20,9 +21,10 @@ from typing import Any
 
 import pytest
 
-import distill_rationales as dr
+import mllm_dr.distillation as dr
+from mllm_dr.commands import distill as distill_cli
+from mllm_dr.data import failures_path, load_rationales
 from processing_mllm_dr import DEFAULT_SYSTEM_PROMPT, PHQ9_ITEMS
-from rationales import failures_path, load_rationales
 
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-9f8e7d6c5b4a-DO-NOT-LEAK"
@@ -298,7 +300,7 @@ def test_cli_sends_key_but_never_writes_or_prints_it(tmp_path, monkeypatch, caps
     monkeypatch.setenv(KEY_ENV, SECRET)
     output = tmp_path / "out" / "rationales.jsonl"
     with ChatServer(respond) as server:
-        code = dr.main(
+        code = distill_cli.main(
             [
                 "--dataset_format",
                 "prepared",
@@ -367,7 +369,7 @@ def test_remote_endpoint_refused_without_flag(url, tmp_path, monkeypatch, capsys
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     output = tmp_path / "out" / "rationales.jsonl"
-    code = dr.main(
+    code = distill_cli.main(
         [
             "--dataset_format",
             "prepared",
@@ -411,7 +413,8 @@ def test_killed_run_resumes_without_loss_or_repeats(tmp_path):
 
     command = [
         sys.executable,
-        str(ROOT / "distill_rationales.py"),
+        "-m",
+        "mllm_dr.commands.distill",
         "--dataset_format",
         "prepared",
         "--data_dir",
@@ -457,31 +460,33 @@ def test_killed_run_resumes_without_loss_or_repeats(tmp_path):
 
 
 # ----------------------------------------------------------------------------- the corpus path
-def test_cli_reads_rows_through_corpora_lazily(tmp_path, monkeypatch):
+def test_cli_reads_rows_through_the_corpus_registry(tmp_path, monkeypatch):
     from datasets import Dataset, DatasetDict
+
+    from mllm_dr.data import CORPORA, CorpusSpec, LoadReport
 
     calls = []
 
-    def load_corpus(data_dir, dataset_format, **kwargs):
-        calls.append((data_dir, dataset_format, kwargs))
+    def load_fake(data_dir, **kwargs):
+        calls.append((data_dir, kwargs))
         columns = {
             "train": make_rows(participants=("301",), items=(1,)),
             "dev": make_rows(participants=("401",), items=(1,), split="dev"),
             "test": make_rows(participants=("601",), items=(1,), split="test"),
         }
-        return DatasetDict({name: Dataset.from_list(rows) for name, rows in columns.items()})
+        return DatasetDict({name: Dataset.from_list(rows) for name, rows in columns.items()}), LoadReport("fake")
 
-    monkeypatch.setitem(sys.modules, "corpora", types.SimpleNamespace(load_corpus=load_corpus))
+    monkeypatch.setitem(CORPORA, "fake", CorpusSpec("fake", "a corpus of this test", load_fake, "phq9"))
     with ChatServer() as server:
-        code = dr.main(
+        code = distill_cli.main(
             [
                 "--dataset_format",
-                "edaic",
+                "fake",
                 "--data_dir",
                 "/corpus/E-DAIC",
                 "--corpus_kwargs",
                 '{"labels_dir": "labels"}',
-                "--output",
+                "--rationales",
                 str(tmp_path / "r.jsonl"),
                 "--teacher",
                 "openai",
@@ -493,7 +498,8 @@ def test_cli_reads_rows_through_corpora_lazily(tmp_path, monkeypatch):
             ]
         )
     assert code == 0
-    assert calls == [("/corpus/E-DAIC", "edaic", {"labels_dir": "labels"})]
+    expected = {"on_error": "raise", "rationales_path": None, "return_report": True, "labels_dir": "labels"}
+    assert calls == [("/corpus/E-DAIC", expected)]
     assert set(load_rationales(tmp_path / "r.jsonl")) == {("301", 1), ("401", 1)}
 
 
@@ -504,7 +510,7 @@ def local_teacher_dir(tmp_path_factory) -> Path:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from tiny_models import make_tokenizer
+    from mllm_dr.testing import make_tokenizer
 
     tokenizer = make_tokenizer()
     torch.manual_seed(0)
@@ -570,7 +576,7 @@ def test_local_teacher_cli_writes_well_formed_replies(local_teacher_dir, tmp_pat
     rows = make_rows(participants=("301", "30222"), items=(1, 2))
     data = save_prepared(tmp_path / "prepared", {"train": rows[:2], "dev": [r | {"split": "dev"} for r in rows[2:]]})
     output = tmp_path / "rationales.jsonl"
-    code = dr.main(
+    code = distill_cli.main(
         [
             "--dataset_format",
             "prepared",

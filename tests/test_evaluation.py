@@ -1,10 +1,12 @@
-"""Issue 5: evaluation end to end on a tiny trained model, resume, refusals, baselines, aggregate."""
+"""Evaluation end to end on a tiny trained model, resume, refusals, baselines, aggregate; prediction."""
 
 from __future__ import annotations
 
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,13 @@ from sklearn.metrics import f1_score, mean_absolute_error, mean_squared_error
 from test_training import common_args
 from training_fixtures import make_prepared_corpus
 
-import evaluate_mllm_dr as ev
-import train
+from mllm_dr.checkpoints import load_adapter_export
+from mllm_dr.commands import evaluate as ev
+from mllm_dr.commands import predict, train
+from mllm_dr.data import read_features
+from mllm_dr.inference import generate_with_shared_prefix, shares_prefix
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +86,7 @@ def test_resume_after_interruption_equals_uninterrupted(setup, tmp_path, monkeyp
     straight = tmp_path / "straight"
     run_eval(root / "s2", corpus, straight)
     interrupted = tmp_path / "interrupted"
-    original = ev.generate_batch
+    original = ev.generate_items
     calls = {"n": 0}
 
     def dying(*args, **kwargs):
@@ -88,12 +95,12 @@ def test_resume_after_interruption_equals_uninterrupted(setup, tmp_path, monkeyp
             raise KeyboardInterrupt("killed")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(ev, "generate_batch", dying)
+    monkeypatch.setattr(ev, "generate_items", dying)
     with pytest.raises(KeyboardInterrupt):
         run_eval(root / "s2", corpus, interrupted)
     assert len((interrupted / "predictions.jsonl").read_text().splitlines()) == 3  # one participant's batch
     assert not (interrupted / "metrics.json").exists()
-    monkeypatch.setattr(ev, "generate_batch", original)
+    monkeypatch.setattr(ev, "generate_items", original)
     run_eval(root / "s2", corpus, interrupted)
     assert (interrupted / "predictions.jsonl").read_text() == (straight / "predictions.jsonl").read_text()
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, interrupted))
@@ -127,7 +134,7 @@ def test_bad_inputs_fail_clearly_and_write_nothing(setup, tmp_path):
     np.save(bad_dir / "wrong.npy", np.zeros((4, 7), np.float32))
     broken = data["test"].map(lambda r: {"audio_files": [str(bad_dir / "wrong.npy")]})
     datasets.DatasetDict({"test": broken}).save_to_disk(str(tmp_path / "broken"))
-    with pytest.raises(SystemExit, match=r"audio features .*wrong.npy have shape \(4, 7\)"):
+    with pytest.raises(SystemExit, match=r"audio features .*wrong.npy are 7 wide, the model expects \(frames, 12\)"):
         run_eval(root / "s2", tmp_path / "broken", tmp_path / "out2")
     assert not (tmp_path / "out2").exists()
 
@@ -161,8 +168,6 @@ def test_baselines_and_aggregate(setup, tmp_path, backbone_dir, capsys):
 
 
 def test_predict_one_interview_with_a_missing_modality(setup, tmp_path, capsys):
-    import predict
-
     root, _ = setup
     transcript = tmp_path / "900_Transcript.csv"
     transcript.write_text(
@@ -191,7 +196,7 @@ def test_predict_one_interview_with_a_missing_modality(setup, tmp_path, capsys):
     ]
     flags = predict.build_report(items, 10, "phq9", [], "x")["flags"]
     assert any("differ by 2 or more" in f for f in flags) and any("requires clinician review" in f for f in flags)
-    with pytest.raises(SystemExit, match="shape"):
+    with pytest.raises(SystemExit, match=r"video features .*900_HuBERT.npy are 12 wide, the model expects \(frames, 20\)"):
         predict.main(["--model", str(root / "s2"), "--transcript", str(transcript), "--video", str(audio),
                       "--output_dir", str(tmp_path / "bad")])
     assert not (tmp_path / "bad").exists()
@@ -200,19 +205,17 @@ def test_predict_one_interview_with_a_missing_modality(setup, tmp_path, capsys):
 def test_prefix_reuse_matches_full_prefill(setup):
     import datasets
 
-    from mllm_dr_training import load_adapter_export
-
     root, corpus = setup
     model, processor = load_adapter_export(root / "s2" / "adapter", merge=True)
     rows = [dict(r) for r in datasets.load_from_disk(str(corpus))["test"]][:3]
-    assert ev.shares_prefix(rows)
+    assert shares_prefix(rows)
     batch = processor([r["transcript"] for r in rows], [r["item_index"] for r in rows],
-                      audio_features=[ev.read_feature_arrays(r["audio_files"]) for r in rows],
-                      video_features=[ev.read_feature_arrays(r["video_files"]) for r in rows], padding_side="left")
+                      audio_features=[read_features(r["audio_files"]) for r in rows],
+                      video_features=[read_features(r["video_files"]) for r in rows], padding_side="left")
     kwargs = {"max_new_tokens": 6, "do_sample": False, "pad_token_id": processor.tokenizer.pad_token_id,
               "output_scores": True, "return_dict_in_generate": True}
     plain = model.generate(**batch, **kwargs)
-    reused, prompt_length = ev.generate_with_shared_prefix(model, batch, **kwargs)
+    reused, prompt_length = generate_with_shared_prefix(model, batch, **kwargs)
     torch_close = __import__("torch").testing.assert_close
     torch_close(reused.head_score, plain.head_score, atol=1e-4, rtol=1e-4)
     torch_close(reused.scores[0], plain.scores[0], atol=1e-3, rtol=1e-3)  # first-step logits
@@ -248,14 +251,13 @@ def test_an_untrained_head_never_stands_in(setup, tmp_path):
         run_eval(ce_only, corpus, tmp_path / "head", "--score_source", "head")
 
 
-def test_stage1_probe_scores_every_item_against_the_train_mean(setup):
-    import sys
-
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-    import stage1_probe
-
+def test_stage1_probe_scores_every_item_against_the_train_mean(setup, tmp_path):
     root, corpus = setup
-    result = stage1_probe.probe(root / "s1", corpus, "test", "prepared")
+    command = [sys.executable, str(ROOT / "benchmarks" / "stage1_probe.py"), "--stage1", str(root / "s1"),
+               "--corpus", str(corpus), "--split", "test", "--dataset_format", "prepared", "--output", str(tmp_path / "p.json")]
+    done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads((tmp_path / "p.json").read_text())["items"]
     assert sorted(result) == ["1", "2", "3"]
     for values in result.values():
         assert values["n"] == 5 and 0 <= values["stage1_mae"] <= 3 and 0 <= values["train_mean_mae"] <= 3

@@ -12,7 +12,8 @@ import torch
 from scipy.io import wavfile
 from scipy.signal import resample_poly
 
-import extract_features as ef
+import mllm_dr.extraction as ef
+from mllm_dr.commands import extract_features as extract_cli
 
 HIDDEN = 32
 SENTENCE = "I have not been sleeping well lately, and most days I feel tired and a bit low. "
@@ -97,7 +98,7 @@ def test_edaic_cli_writes_float32_frames_at_50_per_second(hubert_dir, speech, tm
     shutil.copy(wav, root / "data" / "300_P" / "300_AUDIO.wav")
     (root / "data" / "301_P").mkdir()  # no wav: reported, not fatal for the others
 
-    code = ef.main(["--model", str(hubert_dir), "--data_dir", str(root), "--layout", "edaic", "--no_progress"])
+    code = extract_cli.main(["--model", str(hubert_dir), "--data_dir", str(root), "--dataset_format", "edaic", "--no_progress"])
 
     features = load(root / "data" / "300_P" / "features" / "300_HuBERT.npy")
     assert features.dtype == np.float32 and features.ndim == 2 and features.shape[1] == HIDDEN
@@ -142,8 +143,8 @@ def test_cmdc_layout_names_outputs_by_question(hubert_dir, tmp_path):
 def test_files_layout_and_very_short_audio(hubert_dir, tmp_path):
     write_wav(tmp_path / "clip.wav", synth_speech(16000, 0.01), 16000)  # 160 samples < one receptive field
     assert (
-        ef.main(
-            ["--model", str(hubert_dir), "--data_dir", str(tmp_path / "clip.wav"), "--layout", "files", "--no_progress"]
+        extract_cli.main(
+            ["--model", str(hubert_dir), "--data_dir", str(tmp_path / "clip.wav"), "--dataset_format", "files", "--no_progress"]
         )
         == 0
     )
@@ -238,7 +239,7 @@ def test_layer_selection_matches_hidden_states(hubert_dir, speech, tmp_path):
 
     shutil.copy(wav, tmp_path / "x.wav")
     assert (
-        ef.main(
+        extract_cli.main(
             [
                 "--model",
                 str(hubert_dir),
@@ -316,11 +317,11 @@ def test_missing_or_unreadable_wav_errors_name_the_file(hubert_dir, tmp_path, ca
     assert not (tmp_path / "out.npy").exists()
 
     write_wav(tmp_path / "edaic" / "301_P" / "301_AUDIO.wav", synth_speech(16000, 1.0), 16000)
-    code = ef.main(["--model", str(hubert_dir), "--data_dir", str(tmp_path / "edaic"), "--no_progress"])
+    code = extract_cli.main(["--model", str(hubert_dir), "--data_dir", str(tmp_path / "edaic"), "--no_progress"])
     assert code == 1
     assert "300_AUDIO.wav" in capsys.readouterr().err
     assert (tmp_path / "edaic" / "301_P" / "features" / "301_HuBERT.npy").exists()  # the good one still ran
     assert not (broken.parent / "features" / "300_HuBERT.npy").exists()
 
-    assert ef.main(["--model", str(hubert_dir), "--data_dir", str(tmp_path / "absent"), "--no_progress"]) == 2
+    assert extract_cli.main(["--model", str(hubert_dir), "--data_dir", str(tmp_path / "absent"), "--no_progress"]) == 2
     assert "absent" in capsys.readouterr().err

@@ -11,7 +11,7 @@ import textwrap
 
 import numpy as np
 import torch
-from conftest import AUDIO_DIM, VIDEO_DIM, random_features
+from mllm_dr.testing import AUDIO_DIM, VIDEO_DIM, random_features
 from safetensors.torch import load_file, save_file
 
 LOADER = textwrap.dedent(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import AUDIO_DIM, VIDEO_DIM, build_tiny, random_features, tiny_lqformer
+from mllm_dr.testing import AUDIO_DIM, VIDEO_DIM, build_tiny, random_features, tiny_lqformer
 
 from modeling_mllm_dr import LQFormer, MllmDrForConditionalGeneration
 

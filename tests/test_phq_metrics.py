@@ -1,4 +1,4 @@
-"""The PHQ metric (metrics/phq_score) against independent implementations and hand-worked values.
+"""The PHQ metric (mllm_dr/metrics/phq_score) against independent implementations and hand-worked values.
 
 Independent references: scipy.stats.pearsonr; scikit-learn precision/recall/f1 (zero_division=0),
 mean_absolute_error, mean_squared_error, accuracy_score; torchmetrics ConcordanceCorrCoef (test-only
@@ -29,11 +29,7 @@ from sklearn.metrics import (
     recall_score,
 )
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import phq_metrics  # noqa: E402
+import mllm_dr.metrics as phq_metrics
 
 SEEDS = range(60)
 
@@ -367,9 +363,8 @@ def test_metric_file_imports_one_per_line_and_installed():
 
 def test_load_from_other_directory_offline(tmp_path):
     script = (
-        "import json, sys\n"
-        f"sys.path.insert(0, {str(ROOT)!r})\n"
-        "from phq_metrics import load_phq_metric\n"
+        "import json\n"
+        "from mllm_dr.metrics import load_phq_metric\n"
         "m = load_phq_metric()\n"
         "print(json.dumps(m.compute(predictions=[2, 4, 6], references=[1, 4, 7], n_bootstrap=50)))\n"
     )

@@ -5,13 +5,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import AUDIO_DIM, VIDEO_DIM, make_tokenizer, random_features
 
+from mllm_dr.testing import AUDIO_DIM, VIDEO_DIM, make_tokenizer, random_features
 from processing_mllm_dr import (
     PHQ8_ITEMS,
     PHQ9_ITEMS,
     MllmDrProcessor,
     apply_frame_policy,
+    format_target,
+    parse_output,
 )
 
 
@@ -210,7 +212,7 @@ def test_missing_or_duplicated_placeholder_in_template_is_refused(processor):
     ],
 )
 def test_parse_well_formed(text, score, rationale):
-    assert MllmDrProcessor.parse_output(text) == (score, rationale)
+    assert parse_output(text) == (score, rationale)
 
 
 @pytest.mark.parametrize(
@@ -231,12 +233,12 @@ def test_parse_well_formed(text, score, rationale):
     ],
 )
 def test_parse_malformed_gives_none(text):
-    score, _ = MllmDrProcessor.parse_output(text)
+    score, _ = parse_output(text)
     assert score is None
 
 
 def test_format_target_round_trips_through_parse():
     for score in range(4):
-        text = MllmDrProcessor.format_target(score, "Because of X, Y and Z.")
-        assert MllmDrProcessor.parse_output(text) == (score, "Because of X, Y and Z.")
-        assert MllmDrProcessor.parse_output(MllmDrProcessor.format_target(score)) == (score, "")
+        text = format_target(score, "Because of X, Y and Z.")
+        assert parse_output(text) == (score, "Because of X, Y and Z.")
+        assert parse_output(format_target(score)) == (score, "")

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from rationales import Rationale, RationaleWriter, failures_path, load_rationales
+from mllm_dr.data import Rationale, RationaleWriter, failures_path, load_rationales
 
 
 def record(pid="302", item=3, label=2, text="Wakes most nights."):

@@ -22,14 +22,9 @@ from sklearn.model_selection import KFold, cross_val_predict
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "scripts" / "make_synthetic_corpus.py"
-if str(ROOT / "scripts") not in sys.path:
-    sys.path.insert(0, str(ROOT / "scripts"))
-
-import make_synthetic_corpus as synth  # noqa: E402
-
-from rationales import load_rationales, write_rationales  # noqa: E402
+import mllm_dr.synthetic as synth
+from mllm_dr.commands import synthetic_corpus
+from mllm_dr.data import load_rationales, write_rationales
 
 SPLIT_HEADER = "Participant_ID,Gender,PHQ_Binary,PHQ_Score,PCL-C (PTSD),PTSD Severity"
 DETAILED_PHQ8_HEADER = (
@@ -265,7 +260,7 @@ def test_no_test_item_labels_flag(tmp_path):
     test_ids = {str(i) for i in summary["splits"]["test"]}
     assert not test_ids & {r["Participant_ID"] for r in read_csv(labels / "Detailed_PHQ8_Labels.csv")}
     assert not test_ids & {k[0] for k in load_rationales(tmp_path / "c" / "rationales.jsonl")}
-    assert "--no-test-item-labels" in (tmp_path / "c" / "SYNTHETIC.md").read_text()
+    assert "--no_test_item_labels" in (tmp_path / "c" / "SYNTHETIC.md").read_text()
 
 
 def test_rationales_valid_train_dev_only_and_agree_with_labels(corpus60, tmp_path):
@@ -323,6 +318,19 @@ def test_same_arguments_give_byte_identical_files_and_seeds_differ(tmp_path):
     a_features = {k: v for k, v in a.items() if k.endswith((".npy", ".mat"))}
     c_features = {k: v for k, v in c.items() if k.endswith((".npy", ".mat"))}
     assert not set(a_features.values()) & set(c_features.values())
+
+
+def test_the_regenerate_command_in_synthetic_md_gives_the_same_bytes(tmp_path):
+    """SYNTHETIC.md prints the command that regenerates the corpus: run it, as a user would."""
+    original = tmp_path / "original"
+    synth.make_synthetic_corpus(original, 4, seed=5, seconds=0.5, turns=6, item_correlation=0.3, test_item_labels=False)
+    text = (original / "SYNTHETIC.md").read_text()
+    command = text.split("Regenerate byte-identically with:\n\n", 1)[1].splitlines()[0].strip()
+    assert command.startswith("mllm-dr-synthetic-corpus --output_dir DIR ")
+    argv = command.replace("DIR", str(tmp_path / "again")).split()
+    done = subprocess.run([str(Path(sys.executable).parent / argv[0]), *argv[1:]], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert tree_bytes(tmp_path / "again") == tree_bytes(original)
 
 
 def test_atomic_write_and_force(tmp_path, monkeypatch):
@@ -421,8 +429,8 @@ def test_transcript_signals_are_learnable_and_modality_specific(text_independent
 
 
 def test_cli_smoke_from_another_directory(tmp_path):
-    command = [sys.executable, str(SCRIPT), "--output", "out", "--participants", "3", "--seed", "0",
-               "--seconds", "0.5", "--turns", "5", "--no-test-item-labels"]
+    command = [str(Path(sys.executable).parent / "mllm-dr-synthetic-corpus"), "--output_dir", "out", "--participants",
+               "3", "--seed", "0", "--seconds", "0.5", "--turns", "5", "--no_test_item_labels"]
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "wrote" in done.stdout and "3 participants" in done.stdout
@@ -432,9 +440,7 @@ def test_cli_smoke_from_another_directory(tmp_path):
 
 
 def test_cli_refuses_a_non_empty_output(tmp_path, capsys):
-    args = ["--output", str(tmp_path / "out"), "--participants", "3", "--seed", "0", "--seconds", "0.2", "--turns", "5"]
-    assert synth.main(args) == 0
-    with pytest.raises(SystemExit) as exit_info:
-        synth.main(args)
-    assert exit_info.value.code == 2 and "not empty" in capsys.readouterr().err
-    assert synth.main(args + ["--force"]) == 0
+    args = ["--output_dir", str(tmp_path / "out"), "--participants", "3", "--seed", "0", "--seconds", "0.2", "--turns", "5"]
+    assert synthetic_corpus.main(args) == 0
+    assert synthetic_corpus.main(args) == 2 and "not empty" in capsys.readouterr().err
+    assert synthetic_corpus.main(args + ["--force"]) == 0

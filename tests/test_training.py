@@ -1,4 +1,4 @@
-"""Issue 4: two-stage training on the Trainer (tiny random backbone, tiny prepared corpus)."""
+"""Two-stage training on the Trainer (tiny random backbone, tiny prepared corpus)."""
 
 from __future__ import annotations
 
@@ -11,20 +11,17 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT
 from safetensors.torch import load_file
 from training_fixtures import TINY_OVERRIDES, make_prepared_corpus
 
-import train
-from mllm_dr_training import (
-    MllmDrCollator,
-    MllmDrTrainer,
-    apply_lora,
-    load_adapter_export,
-    loss_weights,
-    participant_item_scores,
-    trainable_state,
-)
+from mllm_dr.checkpoints import DEFAULT_LORA_TARGET, apply_lora, load_adapter_export, trainable_state
+from mllm_dr.commands import train
+from mllm_dr.data import MllmDrCollator
+from mllm_dr.testing import build_tiny, make_tokenizer, tiny_text_config
+from mllm_dr.training import MllmDrTrainer, build_stage_model, loss_weights, participant_item_scores
+from processing_mllm_dr import prompt_mode
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -82,18 +79,18 @@ def test_stage1_output_holds_modules_and_a_reference_not_the_backbone(stage1, ba
 
 
 def test_trainable_parameters_per_stage(backbone_dir, corpus, stage1):
-    model_args, data_args, args = train.parse_args(
+    model_args, _, _, data_args, args = train.parse_args(
         ["--stage", "1", "--backbone", str(backbone_dir), "--output_dir", "unused", *common_args(corpus)]
     )
-    model, *_ = train.build_model(model_args, data_args, args)
+    model = build_stage_model(model_args, args, "phq8", data_args.max_transcript_tokens).model
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     expected = {n for n, _ in model.named_parameters() if n.startswith(("audio_lq", "video_lq", "audio_proj", "video_proj"))}
     assert names == expected and "audio_lqformer.query_tokens" in names and "video_lqformer.query_tokens" in names
 
-    model_args, data_args, args = train.parse_args(
+    model_args, _, _, data_args, args = train.parse_args(
         ["--stage", "2", "--init_from", str(stage1), "--output_dir", "unused", *common_args(corpus)]
     )
-    peft_model, *_ = train.build_model(model_args, data_args, args)
+    peft_model = build_stage_model(model_args, args, "phq8", data_args.max_transcript_tokens).model
     base = peft_model.get_base_model()
     names = {n for n, p in base.named_parameters() if p.requires_grad}
     assert names and all(("lora_" in n and n.startswith("language_model.")) or n.startswith("score_head.") for n in names)
@@ -189,7 +186,7 @@ def test_no_use_video_switch(backbone_dir, corpus, tmp_path):
     import datasets
 
     rows = list(datasets.load_from_disk(str(corpus))["train"])[:2]
-    batch = MllmDrCollator(processor, train.prompt_mode(1, True, False), with_rationale=False)(rows)
+    batch = MllmDrCollator(processor, prompt_mode(1, True, False), with_rationale=False)(rows)
     assert "video_features" not in batch and not (batch["input_ids"] == processor.video_token_id).any()
     assert (batch["input_ids"] == processor.audio_token_id).sum() == 2 * processor.num_audio_tokens
     # text-only baseline: no LQ-former at all, no placeholders
@@ -204,8 +201,6 @@ def test_loss_decreases_on_a_learnable_toy_set(corpus, tmp_path):
     # A random backbone initialised at std 0.02 has logits too small to fit anything; std 0.3 lets
     # LoRA on q/v show learning within a few dozen steps.
     from transformers import LlamaForCausalLM
-
-    from conftest import make_tokenizer, tiny_text_config
 
     tokenizer = make_tokenizer()
     config = tiny_text_config(len(tokenizer))
@@ -249,14 +244,12 @@ def test_gradient_accumulation_2_at_batch_1_equals_batch_2(backbone_dir, corpus,
     from peft import LoraConfig
     from transformers import TrainingArguments
 
-    from conftest import build_tiny
-
     rows = datasets.load_from_disk(str(corpus))["train"].select(range(2))
 
     def one_step(batch_size: int, accumulation: int) -> dict[str, torch.Tensor]:
         model, processor = build_tiny(backbone_dir, seed=3)
         model.requires_grad_(False)
-        peft_model = apply_lora(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=train.DEFAULT_LORA_TARGET))
+        peft_model = apply_lora(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=DEFAULT_LORA_TARGET))
         model.score_head.requires_grad_(True)
         before = trainable_state(peft_model)
         args = TrainingArguments(

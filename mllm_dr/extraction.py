@@ -1,14 +1,17 @@
-#!/usr/bin/env python
 """HuBERT (or any wav2vec2-style) frame features from raw interview audio (paper section 3.1).
 
 The paper feeds the audio LQ-former with HuBERT hidden states extracted from the raw speech; the
 corpora ship only the wav files. This tool turns them into ``(frames, dim)`` float32 arrays at
 the model's frame rate (50 frames/s for HuBERT at 16 kHz):
 
-* E-DAIC-WOZ: ``<root>[/data]/<ID>_P[/<ID>_P]/<ID>_AUDIO.wav`` -> ``<ID>_P/features/<ID>_HuBERT.npy``
-  (``features/`` beside the wav, where the corpus keeps its other feature files);
+* E-DAIC-WOZ / DAIC-WOZ: ``<root>[/data]/<ID>_P[/<ID>_P]/<ID>_AUDIO.wav`` ->
+  ``<ID>_P/features/<ID>_HuBERT.npy`` (``features/`` beside the wav, where the corpus keeps its
+  other feature files, and where the loaders look: the corpus registry's ``audio_pattern``);
 * CMDC: ``<root>/{HC,MDD}/<subject>/Q<n>.wav`` -> ``Q<n>_HuBERT.npy`` beside the wav;
 * ``files``: every ``*.wav`` under a folder (or one wav) -> ``<stem>_HuBERT.npy`` beside it.
+
+Participant and subject folders are found by the loaders' own discovery
+(:func:`mllm_dr.data.daic.participant_folders`, :func:`mllm_dr.data.cmdc.subject_folders`).
 
 A 20-minute interview runs in bounded model memory: the waveform is cut into windows (30 s by
 default) that each carry a little context on both sides (2 s), and only each window's central
@@ -19,30 +22,29 @@ run resumes where it stopped.
 WAV files are read with ``scipy.io.wavfile`` (PCM 8/16/24/32-bit and float), mixed down to mono
 and resampled with ``scipy.signal.resample_poly``.
 
-    python extract_features.py --model path/to/hubert-base-ls960 --data_dir /data/E-DAIC --layout edaic
+    mllm-dr-extract-features --model path/to/hubert-base-ls960 --data_dir /data/E-DAIC --dataset_format edaic
 """
 
 from __future__ import annotations
 
-import argparse
 import logging
 import math
-import os
-import re
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-logger = logging.getLogger("extract_features")
+from .data import cmdc, daic
+from .data.report import Notes
+from .io import save_npy_atomic
+
+logger = logging.getLogger("mllm_dr.extraction")
 
 TARGET_SAMPLING_RATE = 16000
 DEFAULT_SUFFIX = "_HuBERT"
-LAYOUTS = ("edaic", "cmdc", "files")
+LAYOUTS = ("edaic", "daic", "cmdc", "files")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-_CMDC_CLIP = re.compile(r"^Q(\d+)[^0-9A-Za-z]*\.wav$", re.IGNORECASE)
 
 
 class AudioReadError(ValueError):
@@ -279,77 +281,41 @@ class AudioJob:
     output: Path
 
 
-def save_npy_atomic(path: str | Path, array: np.ndarray) -> None:
-    """Writes ``array`` to ``path`` so that ``path`` is either absent or complete: a temporary file
-    beside it (hidden, ``.tmp``, never matched by ``*_HuBERT.npy``), fsynced, then ``os.replace``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(array), allow_pickle=False)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def _edaic_participant_folders(root: Path) -> list[Path]:
-    """``<ID>_P`` folders under ``data/`` or the root (``data/`` wins on a clash); a root that is
-    itself a participant folder stands for itself."""
-    if root.name.endswith("_P") and ((root / root.name).is_dir() or not any(root.glob("*_P/"))):
-        return [root]
-    folders: dict[str, Path] = {}
-    for base in (root / "data", root):
-        if base.is_dir():
-            for folder in sorted(base.glob("*_P")):
-                if folder.is_dir():
-                    folders.setdefault(folder.name, folder)
-    return [folders[name] for name in sorted(folders)]
-
-
 def find_edaic_jobs(root: Path, suffix: str = DEFAULT_SUFFIX) -> tuple[list[AudioJob], list[str]]:
-    """``<ID>_AUDIO.wav`` of every ``<ID>_P`` folder (under ``data/`` or the root); the second list
-    names participant folders without a wav.
+    """``<ID>_AUDIO.wav`` of every ``<ID>_P`` folder (under ``data/`` or the root; a root that is
+    itself a participant folder stands for itself); the second list names participant folders
+    without a wav.
 
     In nested copies (``<ID>_P/<ID>_P/...``) the innermost folder is the participant folder, as
-    for the corpus loader (``corpora.py``): the wav is looked for there first, then in the outer
-    levels, and the output always goes to ``<innermost>/features/``.
+    for the corpus loader: the wav is looked for there first, then in the outer levels, and the
+    output always goes to ``<innermost>/features/``.
     """
     jobs, missing = [], []
-    for folder in _edaic_participant_folders(root):
-        participant = folder.name[:-2]
-        levels = [folder]
-        while (levels[-1] / folder.name).is_dir():
-            levels.append(levels[-1] / folder.name)
-        wavs = [level / f"{participant}_AUDIO.wav" for level in reversed(levels)]
+    for participant, levels in daic.participant_folders(root).items():
+        wavs = [level / daic.WAV_PATTERN.format(id=participant) for level in reversed(levels)]
         wav = next((path for path in wavs if path.is_file()), None)
         if wav is None:
-            missing.append(f"{folder}: no {participant}_AUDIO.wav (looked in {', '.join(str(p.parent) for p in wavs)})")
+            missing.append(
+                f"{levels[0]}: no {participant}_AUDIO.wav (looked in {', '.join(str(p.parent) for p in wavs)})"
+            )
             continue
-        jobs.append(AudioJob(participant, wav, levels[-1] / "features" / f"{participant}{suffix}.npy"))
+        output = levels[-1] / daic.AUDIO_PATTERN.format(id=participant).replace("_HuBERT.npy", f"{suffix}.npy")
+        jobs.append(AudioJob(participant, wav, output))
     return jobs, missing
 
 
 def find_cmdc_jobs(root: Path, suffix: str = DEFAULT_SUFFIX) -> tuple[list[AudioJob], list[str]]:
-    """``Q<n>.wav`` clips (irregular suffixes such as ``Q3-.wav`` tolerated, output named
-    ``Q<n>``); the second list names wav files that were skipped and why."""
-    by_output: dict[Path, AudioJob] = {}
-    skipped = []
-    for wav in sorted(root.rglob("*.wav"), key=lambda p: (str(p.parent), len(p.name), p.name)):
-        match = _CMDC_CLIP.match(wav.name)
-        if match is None:
-            skipped.append(f"{wav}: not a Q<n>.wav clip")
-            continue
-        output = wav.parent / f"Q{int(match.group(1))}{suffix}.npy"
-        if output in by_output:
-            skipped.append(f"{wav}: same clip as {by_output[output].wav.name}, which is used")
-            continue
-        key = f"{wav.parent.relative_to(root)}/Q{int(match.group(1))}" if wav.parent != root else f"Q{match.group(1)}"
-        by_output[output] = AudioJob(key, wav, output)
-    return sorted(by_output.values(), key=lambda job: job.key), skipped
+    """``Q<n>.wav`` clips of every subject folder (irregular names such as ``Q3-.wav`` matched as the
+    loader matches them, output named ``Q<n>``); the second list says what was skipped and why."""
+    notes = Notes()
+    jobs = []
+    wav_suffix = cmdc.question_suffix(cmdc.WAV_PATTERN, "wav pattern")
+    for subject, folder in cmdc.subject_folders(root, notes).items():
+        clips = cmdc.index_questions(folder, {"wav": wav_suffix}, subject, notes)["wav"]
+        for question, wav in sorted(clips.items()):
+            output = folder / cmdc.AUDIO_PATTERN.format(q=question).replace("_HuBERT.npy", f"{suffix}.npy")
+            jobs.append(AudioJob(f"{folder.relative_to(root)}/Q{question}", wav, output))
+    return sorted(jobs, key=lambda job: job.key), notes.lines()
 
 
 def find_file_jobs(root: Path, suffix: str = DEFAULT_SUFFIX) -> tuple[list[AudioJob], list[str]]:
@@ -365,13 +331,14 @@ def find_audio_jobs(
     root = Path(data_dir)
     if not root.exists():
         raise FileNotFoundError(f"{root}: data directory not found")
-    finders = {"edaic": find_edaic_jobs, "cmdc": find_cmdc_jobs, "files": find_file_jobs}
+    finders = {"edaic": find_edaic_jobs, "daic": find_edaic_jobs, "cmdc": find_cmdc_jobs, "files": find_file_jobs}
     if layout not in finders:
         raise ValueError(f"layout must be one of {LAYOUTS}, got {layout!r}")
     jobs, notes = finders[layout](root, suffix)
     if not jobs:
         expected = {
             "edaic": "<root>[/data]/<ID>_P[/<ID>_P]/<ID>_AUDIO.wav",
+            "daic": "<root>[/data]/<ID>_P[/<ID>_P]/<ID>_AUDIO.wav",
             "cmdc": "<root>/{HC,MDD}/<subject>/Q<n>.wav",
             "files": "*.wav",
         }[layout]
@@ -450,66 +417,9 @@ def extract_corpus(
         done = extract_jobs(encoder, todo, overwrite=overwrite, progress=progress)
         summary.written, summary.failed = done.written, done.failed
         summary.skipped += done.skipped
-    if layout == "edaic":
+    if layout in ("edaic", "daic"):
         summary.failed += notes  # a participant folder without its wav cannot get features
     return summary
-
-
-# ----------------------------------------------------------------------------- CLI
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description="Extract HuBERT (wav2vec2-style) frame features from E-DAIC / CMDC wav files.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-    )
-    parser.add_argument("--model", required=True, help="local transformers model folder (e.g. hubert-base-ls960)")
-    parser.add_argument("--data_dir", required=True, help="corpus root (E-DAIC, CMDC), a folder of wavs or one wav")
-    parser.add_argument("--layout", choices=LAYOUTS, default="edaic", help="where the wavs are and where outputs go")
-    parser.add_argument(
-        "--layer",
-        type=int,
-        default=None,
-        help="hidden_states index (0 = transformer input, N = output of layer N, negative from the end); "
-        "default: the model's final output (last_hidden_state)",
-    )
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--dtype", choices=DTYPES, default="float32", help="model dtype (outputs are float32)")
-    parser.add_argument("--chunk_seconds", type=float, default=30.0, help="window length; 0 = whole file at once")
-    parser.add_argument("--overlap_seconds", type=float, default=2.0, help="context added on each side of a window")
-    parser.add_argument("--suffix", default=DEFAULT_SUFFIX, help="output name: <ID><suffix>.npy")
-    parser.add_argument("--overwrite", action="store_true", help="recompute existing outputs")
-    parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    if args.chunk_seconds < 0 or args.overlap_seconds < 0:
-        raise SystemExit("--chunk_seconds and --overlap_seconds must be >= 0")
-    try:
-        summary = extract_corpus(
-            args.model,
-            args.data_dir,
-            layout=args.layout,
-            layer=args.layer,
-            device=args.device,
-            dtype=args.dtype,
-            chunk_seconds=args.chunk_seconds or None,
-            overlap_seconds=args.overlap_seconds,
-            suffix=args.suffix,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
-        )
-    except (OSError, ValueError) as error:  # missing data dir, unreadable model folder, bad --layer
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(
-        f"written {len(summary.written)}, skipped (already done) {len(summary.skipped)}, failed {len(summary.failed)}",
-        file=sys.stderr,
-    )
-    for failure in summary.failed:
-        print(f"  failed: {failure}", file=sys.stderr)
-    return 1 if summary.failed else 0
 
 
 __all__ = [
@@ -527,8 +437,4 @@ __all__ = [
     "plan_chunks",
     "read_wav",
     "resample",
-    "save_npy_atomic",
 ]
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """``rationales.jsonl``: the one schema that the distiller and the synthetic generator write and
-training reads.
+training reads, and the one routine that attaches rationales to dataset rows.
 
 One JSON object per line::
 
@@ -8,22 +8,29 @@ One JSON object per line::
      "teacher": "gpt-4o", "prompt_version": "table1-v1"}
 
 A key ``(participant_id, item_index)`` appears once. Failures go to ``rationales.failures.jsonl``
-beside it, never into ``rationales.jsonl``. Appends are line-atomic (one ``write`` of a whole line,
-flushed and fsynced), so a killed run loses at most the line being written and a resumed run
-appends only missing keys.
+beside it, never into ``rationales.jsonl``. Appends are line-atomic (:func:`mllm_dr.io.append_jsonl`),
+so a killed run loses at most the line being written and a resumed run appends only missing keys.
 """
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import datasets
+
+from processing_mllm_dr import REASON_PREFIX
+
+from ..io import append_jsonl, read_jsonl
+from .report import Notes
+
+logger = logging.getLogger("mllm_dr.data")
+
 REQUIRED_FIELDS = ("participant_id", "item_index", "item_name", "label", "rationale", "teacher", "prompt_version")
-REASON_PREFIX = "Evaluation Reason:"
 
 
 @dataclass(frozen=True)
@@ -43,6 +50,8 @@ class Rationale:
     @classmethod
     def from_dict(cls, record: dict[str, Any], where: str = "record") -> Rationale:
         """Validates one record; errors name the place (file:line) and the field."""
+        if not isinstance(record, dict):
+            raise ValueError(f"{where}: expected a JSON object, got {type(record).__name__}")
         missing = [name for name in REQUIRED_FIELDS if name not in record]
         if missing:
             raise ValueError(f"{where}: missing field(s) {missing}")
@@ -76,53 +85,20 @@ def failures_path(path: str | Path) -> Path:
 def iter_rationales(path: str | Path) -> Iterator[Rationale]:
     """Reads and validates every line; a torn last line (a killed writer) is ignored, anything
     else malformed raises naming file and line."""
-    path = Path(path)
-    with path.open("r", encoding="utf-8") as handle:
-        lines = handle.readlines()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as error:
-            if number == len(lines) and not line.endswith("\n"):
-                return  # the line a killed run was writing
-            raise ValueError(f"{where}: not valid JSON ({error})") from None
-        yield Rationale.from_dict(record, where)
+    for number, record in read_jsonl(path):
+        yield Rationale.from_dict(record, f"{path}:{number}")
 
 
 def load_rationales(path: str | Path) -> dict[tuple[str, int], Rationale]:
     """All records keyed by ``(participant_id, item_index)``; a duplicated key is an error."""
+    if not Path(path).is_file():
+        raise ValueError(f"{path}: rationales file not found")
     records: dict[tuple[str, int], Rationale] = {}
     for record in iter_rationales(path):
         if record.key in records:
             raise ValueError(f"{path}: key {record.key} appears more than once")
         records[record.key] = record
     return records
-
-
-def _append_line(path: Path, record: dict[str, Any]) -> None:
-    line = json.dumps(record, ensure_ascii=False) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Repair a torn last line before appending, so the new record starts on a line of its own.
-    if path.exists() and path.stat().st_size:
-        with path.open("rb") as handle:
-            handle.seek(-1, os.SEEK_END)
-            torn = handle.read(1) != b"\n"
-        if torn:
-            _truncate_torn_tail(path)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(line)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def _truncate_torn_tail(path: Path) -> None:
-    data = path.read_bytes()
-    keep = data.rfind(b"\n") + 1
-    with path.open("r+b") as handle:
-        handle.truncate(keep)
 
 
 class RationaleWriter:
@@ -147,15 +123,13 @@ class RationaleWriter:
             record = Rationale.from_dict(dict(record))
         if record.key in self.done:
             return False
-        _append_line(self.path, asdict(record))
+        append_jsonl(self.path, [asdict(record)])
         self.done.add(record.key)
         return True
 
     def write_failure(self, participant_id: str, item_index: int, reason: str, **extra: Any) -> None:
         """Records a failure in ``rationales.failures.jsonl`` (never in ``rationales.jsonl``)."""
-        _append_line(
-            self.failures, {"participant_id": participant_id, "item_index": item_index, "reason": reason, **extra}
-        )
+        append_jsonl(self.failures, [{"participant_id": participant_id, "item_index": item_index, "reason": reason, **extra}])
 
 
 def write_rationales(path: str | Path, records: Iterable[Rationale | dict[str, Any]]) -> int:
@@ -164,10 +138,46 @@ def write_rationales(path: str | Path, records: Iterable[Rationale | dict[str, A
     return sum(writer.write(record) for record in records)
 
 
+def attach_rationales(
+    dataset_dict: datasets.DatasetDict, path: str | os.PathLike, notes: Notes | None = None
+) -> datasets.DatasetDict:
+    """Sets each row's ``rationale`` from ``path`` where a record exists for its (participant, item),
+    keeping the row's own otherwise. Records written for another label than the row's, and labelled
+    rows left without a rationale, are noted (in ``notes``, or logged)."""
+    records = load_rationales(path)
+    own_notes = notes is None
+    notes = Notes() if notes is None else notes
+    out, used, missing = {}, 0, 0
+    for name, split in dataset_dict.items():
+        keys = zip(split["participant_id"], split["item_index"], strict=True)
+        found = [records.get((str(pid), int(item))) for pid, item in keys]
+        existing = split["rationale"] if "rationale" in split.column_names else [None] * len(split)
+        values = [record.rationale if record is not None else own for record, own in zip(found, existing)]
+        for record, label, pid in zip(found, split["label"], split["participant_id"], strict=True):
+            if record is not None and label is not None and record.label != label:
+                notes.add(f"{path}: rationale written for a different label than the corpus's", str(pid))
+        used += sum(record is not None for record in found)
+        missing += sum(label is not None and not value for label, value in zip(split["label"], values))
+        if "rationale" in split.column_names:
+            order, feature = split.column_names, split.features["rationale"]
+            split = split.remove_columns("rationale").add_column("rationale", values, feature=feature)
+            split = split.select_columns(order)
+        else:
+            split = split.add_column("rationale", values, feature=datasets.Value("string"))
+        out[name] = split
+    if missing:
+        notes.add(f"{path}: {used} row(s) got a rationale; {missing} labelled row(s) have none")
+    if own_notes:
+        for line in notes.lines():
+            logger.warning("%s", line)
+    return datasets.DatasetDict(out)
+
+
 __all__ = [
     "Rationale",
     "RationaleWriter",
     "REQUIRED_FIELDS",
+    "attach_rationales",
     "failures_path",
     "iter_rationales",
     "load_rationales",

@@ -1,11 +1,12 @@
-"""Entry point to the PHQ metric shipped in ``metrics/phq_score`` (MLlm-DR section 4.3).
+"""The PHQ metric of MLlm-DR (paper section 4.3): an ``evaluate`` module shipped as package data
+in ``mllm_dr/metrics/phq_score/``.
 
-``load_phq_metric()`` loads the ``evaluate`` module by a path resolved from this file's location,
-not the working directory, so it works from anywhere and offline (canonical Hub names such as
-``evaluate.load("mse")`` download a script and fail without internet).
+``load_phq_metric()`` loads it by a path resolved from this package's location, not the working
+directory, so it works from an installed wheel, from anywhere and offline (canonical Hub names such
+as ``evaluate.load("mse")`` download a script and fail without internet).
 
-The math lives only in ``metrics/phq_score/phq_score.py`` (``evaluate.load`` copies that file alone
-into its cache, so it cannot import this one). The plain helpers below are re-exported from that same
+The math lives only in ``phq_score/phq_score.py`` (``evaluate.load`` copies that file alone into its
+cache, so it cannot import this package). The plain helpers below are re-exported from that same
 file, imported by path, so nothing is duplicated. Conventions: CCC with population moments (ddof 0);
 binary label ``total >= cutoff`` with ``cutoff`` defaulting to 10 (the authors' script used 9).
 """
@@ -18,17 +19,15 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import evaluate
-
-METRIC_DIR: Path = Path(__file__).resolve().parent / "metrics" / "phq_score"
+METRIC_DIR: Path = Path(__file__).resolve().parent / "phq_score"
 _MODULE_NAME = "_mllm_dr_phq_score"
 
 
-def load_phq_metric(**kwargs: Any) -> evaluate.EvaluationModule:
-    """The ``phq_score`` evaluate metric, loaded from the repo by absolute path (offline-safe).
+def load_phq_metric(**kwargs: Any):
+    """The ``phq_score`` evaluate metric (an ``evaluate.EvaluationModule``), loaded from the package by
+    absolute path (offline-safe). ``kwargs`` go to ``evaluate.load`` (e.g. ``experiment_id``)."""
+    import evaluate
 
-    ``kwargs`` go to ``evaluate.load`` (e.g. ``experiment_id``, ``keep_in_memory``).
-    """
     return evaluate.load(str(METRIC_DIR), **kwargs)
 
 

@@ -1,0 +1,240 @@
+"""Two-stage MLlm-DR training on the Hugging Face Trainer (paper Figure 2, sections 3.4, 4.2).
+
+    # stage 1: LLM frozen, LQ-formers learn to make it say "Score: N" from the features alone
+    mllm-dr-train --stage 1 --backbone BACKBONE --data_dir CORPUS --dataset_format edaic --output_dir runs/s1
+    # stage 2: LQ-formers frozen, LoRA (q_proj, v_proj) + MAA head on rationale + score targets
+    mllm-dr-train --stage 2 --init_from runs/s1 --data_dir CORPUS --dataset_format edaic \\
+        --rationales CORPUS/rationales.jsonl --output_dir runs/s2
+
+``python train.py`` and ``accelerate launch train.py`` take the same flags. Trains on ``train``,
+evaluates on ``dev``, never reads ``test``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import shutil
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from transformers import HfArgumentParser, TrainingArguments, set_seed
+
+from ..checkpoints import export_adapter, export_merged
+from ..data import CorpusArguments, FeatureCacheArguments, MllmDrCollator, load_splits, tokenize_rows
+from ..io import write_json_atomic, write_text_atomic
+from ..training import (
+    MllmDrTrainer,
+    MllmDrTrainingArguments,
+    ModelArguments,
+    TrainDataArguments,
+    build_stage_model,
+    file_fingerprint,
+    git_commit,
+    model_card,
+    package_versions,
+    participant_item_scores,
+    precompute_modality_embeddings,
+    truncation_summary,
+)
+
+logger = logging.getLogger("mllm_dr.train")
+
+ARGUMENTS = (ModelArguments, CorpusArguments, FeatureCacheArguments, TrainDataArguments, MllmDrTrainingArguments)
+_DEFAULT_LEARNING_RATE = next(f.default for f in dataclasses.fields(TrainingArguments) if f.name == "learning_rate")
+
+
+def build_parser() -> HfArgumentParser:
+    return HfArgumentParser(ARGUMENTS, description=__doc__.split("\n\n")[0])
+
+
+def parse_args(
+    argv: list[str] | None = None,
+) -> tuple[ModelArguments, CorpusArguments, FeatureCacheArguments, TrainDataArguments, MllmDrTrainingArguments]:
+    """The argument groups, from ``argv`` or (one ``.json`` argument) a JSON file."""
+    parser = build_parser()
+    arguments = sys.argv[1:] if argv is None else argv
+    if len(arguments) == 1 and arguments[0].endswith(".json"):
+        return parser.parse_json_file(arguments[0])
+    return parser.parse_args_into_dataclasses(args=arguments)
+
+
+def validate(
+    model_args: ModelArguments, corpus_args: CorpusArguments, data_args: TrainDataArguments, args: MllmDrTrainingArguments
+) -> None:
+    """Every refusal that needs no data, before anything is loaded."""
+    if args.stage not in (1, 2):
+        raise SystemExit(f"--stage must be 1 or 2, got {args.stage}")
+    if corpus_args.data_dir is None:
+        raise SystemExit("--data_dir is required")
+    try:
+        corpus_args.loader_kwargs()
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    if args.learning_rate != _DEFAULT_LEARNING_RATE:
+        raise SystemExit(
+            "--learning_rate is not used by MLlm-DR: every trainable parameter belongs to a group with its own "
+            "rate. Set --lora_learning_rate, --head_learning_rate (stage 2), --lqformer_learning_rate, "
+            "--projector_learning_rate or --alignment_probe_learning_rate (stage 1) instead."
+        )
+    if model_args.text_only:
+        if args.stage == 1:
+            raise SystemExit("--text_only is the text-only LoRA baseline: it has no stage 1")
+        model_args.use_audio = model_args.use_video = False
+    if args.stage == 1 and not (model_args.use_audio or model_args.use_video):
+        raise SystemExit("stage 1 trains the LQ-formers: keep at least one of --use_audio / --use_video")
+    needs_lqformers = model_args.use_audio or model_args.use_video
+    if args.stage == 2 and needs_lqformers and model_args.init_from is None and not model_args.allow_stage2_without_stage1:
+        raise SystemExit(
+            "stage 2 starts from stage-1 LQ-formers: pass --init_from STAGE1_DIR (or --allow_stage2_without_stage1 "
+            "to train on untrained, frozen LQ-formers on purpose, or --text_only for the text-only baseline)"
+        )
+    if model_args.init_from is None and model_args.backbone is None:
+        raise SystemExit("--backbone is required unless --init_from gives a stage-1 output")
+    if args.alignment_probe_weight < 0:
+        raise SystemExit(f"--alignment_probe_weight must be >= 0, got {args.alignment_probe_weight}")
+    if args.alignment_probe_weight > 0 and args.stage != 1:
+        raise SystemExit("--alignment_probe_weight is a stage-1 objective (stage 2 removes the probe)")
+    if args.stage == 2 and data_args.rationales is None and corpus_args.spec().name != "prepared":
+        raise SystemExit("stage 2 trains on rationale + score targets: pass --rationales FILE")
+    if args.push_to_hub and not args.i_may_share_weights:
+        raise SystemExit(
+            "--push_to_hub uploads weights trained on licensed data (E-DAIC-WOZ, DAIC-WOZ and CMDC forbid sharing "
+            "transcripts and may restrict derived weights). Check your data licence; if it allows sharing, add "
+            "--i_may_share_weights."
+        )
+    out = Path(args.output_dir)
+    resuming = args.resume_from_checkpoint is not None
+    if out.exists() and any(out.iterdir()) and not args.overwrite_output_dir and not resuming:
+        raise SystemExit(f"{out} exists and is not empty: pass --overwrite_output_dir or --resume_from_checkpoint")
+
+
+def main(argv: list[str] | None = None) -> int:
+    model_args, corpus_args, cache_args, data_args, args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    validate(model_args, corpus_args, data_args, args)
+    if not args.joint_loss:
+        args.score_loss_weight = 0.0
+    if args.stage == 1:
+        args.score_loss_weight = 0.0  # the head is not part of stage 1
+    set_seed(args.seed)
+
+    # Rows first (the questionnaire comes from the corpus), then the model, then the feature cache
+    # with the model's frame policies. test is never read.
+    corpus = load_splits(corpus_args, ("train", "dev"), rationales=data_args.rationales)
+    stage = build_stage_model(model_args, args, corpus.questionnaire, data_args.max_transcript_tokens)
+    model, processor, base, mode = stage.model, stage.processor, stage.base, stage.mode
+    corpus.cache_features(processor, cache_args.feature_cache_dir)
+    train_rows, dev_rows = corpus["train"], corpus["dev"]
+    if data_args.max_train_samples:
+        train_rows = train_rows.select(range(min(len(train_rows), data_args.max_train_samples)))
+    if data_args.max_eval_samples:
+        dev_rows = dev_rows.select(range(min(len(dev_rows), data_args.max_eval_samples)))
+    with_rationale = args.stage == 2
+    # Tokenized once for the whole run (the collator only pads); rows that cannot be trained on are refused here.
+    train_rows = tokenize_rows(train_rows, processor, mode, with_targets=True, with_rationale=with_rationale)
+    if len(dev_rows):
+        dev_rows = tokenize_rows(dev_rows, processor, mode, with_targets=True, with_rationale=with_rationale)
+
+    embedding_cache = None
+    modalities = [m for m in ("audio", "video") if getattr(model_args, f"use_{m}")]
+    if args.stage == 2 and modalities:
+        # Frozen LQ-formers: their outputs are computed once per participant and reused by every item and epoch.
+        embedding_cache = precompute_modality_embeddings(base, processor, list(train_rows) + list(dev_rows), modalities)
+    item_scores = None
+    if base.alignment_probe is not None:
+        item_scores = participant_item_scores(list(train_rows) + list(dev_rows), base.config.alignment_probe_items)
+    collator = MllmDrCollator(
+        processor, mode, with_rationale=with_rationale, embedding_cache=embedding_cache, item_scores=item_scores
+    )
+
+    trainer = MllmDrTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=dev_rows if len(dev_rows) else None,
+        data_collator=collator,
+        processing_class=processor,
+        loss_schedule=args.loss_schedule,
+        lm_loss_weight=args.lm_loss_weight,
+        score_loss_weight=args.score_loss_weight,
+        learning_rates=args.group_learning_rates(),
+        expected_trainable=stage.trainable_patterns,
+    )
+    trainable = {n: p.numel() for n, p in base.named_parameters() if p.requires_grad}
+    logger.info("stage %d, mode %s: %d trainable tensors, %d parameters", args.stage, mode, len(trainable), sum(trainable.values()))
+
+    manifest = {
+        "stage": args.stage,
+        "mode": mode,
+        "base_model": stage.base_model,
+        "init_from": model_args.init_from,
+        "git_commit": git_commit(),
+        "packages": package_versions(),
+        "seed": args.seed,
+        "data_seed": args.data_seed,
+        "world_size": args.world_size,
+        "arguments": {
+            "model": asdict(model_args), "corpus": {**asdict(corpus_args), **asdict(cache_args)},
+            "data": asdict(data_args),
+            "training": args.to_dict(),
+        },  # fmt: skip
+        "data": {
+            "format": corpus.spec.name,
+            "questionnaire": corpus.questionnaire,
+            "train_fingerprint": getattr(train_rows, "_fingerprint", None),
+            "dev_fingerprint": getattr(dev_rows, "_fingerprint", None),
+            "train_samples": len(train_rows),
+            "dev_samples": len(dev_rows),
+            "rationales_sha256": file_fingerprint(data_args.rationales),
+            "transcripts": truncation_summary(train_rows, processor.inputs_for(mode).transcript),
+            "max_transcript_tokens": processor.max_transcript_tokens,
+            "skipped_participants": corpus.skipped_participants,
+        },
+        "trainable_parameters": sum(trainable.values()),
+    }
+    if args.should_save:
+        write_json_atomic(Path(args.output_dir) / "run_manifest.json", manifest)
+
+    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    metrics = dict(result.metrics)
+    evaluated = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    if len(dev_rows) and args.final_dev_eval:
+        metrics.update(evaluated[-1] if evaluated and evaluated[-1].get("step") == trainer.state.global_step else trainer.evaluate())
+    manifest["final_metrics"] = metrics
+    manifest["global_step"] = trainer.state.global_step
+    manifest["log_history"] = trainer.state.log_history
+
+    if args.should_save:
+        out = Path(args.output_dir)
+        card = model_card(
+            args.stage, stage.base_model, corpus.spec.name, {"train": len(train_rows), "dev": len(dev_rows)},
+            {k: v for k, v in metrics.items() if k.startswith("eval_")}, mode,
+        )  # fmt: skip
+        if args.stage == 1:
+            export_adapter(model, processor, out, stage.base_model, None, {"stage": 1, "mode": mode})
+            write_text_atomic(out / "README.md", card)
+        else:
+            export_adapter(model, processor, out / "adapter", stage.base_model, stage.lora_config, {"stage": 2, "mode": mode})
+            write_text_atomic(out / "adapter" / "README.md", card)
+            merged_dir = out / "merged"
+            if merged_dir.exists():
+                shutil.rmtree(merged_dir)
+            export_merged(model, processor, merged_dir)
+            write_text_atomic(merged_dir / "README.md", card)
+        write_json_atomic(out / "run_manifest.json", manifest)
+        if args.push_to_hub:
+            trainer.push_to_hub(commit_message=f"MLlm-DR stage {args.stage}")
+    # Every rank waits for the main one to finish exporting, then the process group is torn down:
+    # a rank that exits while another still runs can make gloo abort the survivor (SIGABRT).
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

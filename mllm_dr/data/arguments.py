@@ -1,0 +1,152 @@
+"""The one set of corpus options every command line takes (``HfArgumentParser`` dataclass), and
+the one function that turns them into dataset rows."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import datasets
+
+from .cache import build_feature_cache
+from .registry import CORPORA, CorpusSpec, get_corpus
+from .report import ON_ERROR, LoadReport, natural_key
+
+CACHE_DIRNAME = ".mllm_dr_cache"
+
+
+@dataclass
+class CorpusArguments:
+    """Which corpus to read and how (``--data_dir``, ``--dataset_format`` and the corpus's options)."""
+
+    data_dir: str | None = field(
+        default=None,
+        metadata={"help": "Corpus root (E-DAIC-WOZ, DAIC-WOZ, CMDC), or a datasets.save_to_disk folder for "
+                  "--dataset_format prepared."},
+    )
+    dataset_format: str = field(
+        default="edaic",
+        metadata={"help": f"Corpus layout: one of {', '.join(sorted(CORPORA))} (see README, 'Using a real corpus')."},
+    )
+    visual: str | None = field(
+        default=None,
+        metadata={"help": "E-DAIC-WOZ / DAIC-WOZ visual features: resnet | openface | none (default: resnet for "
+                  "E-DAIC-WOZ, none for DAIC-WOZ)."},
+    )
+    cmdc_split: str | None = field(
+        default=None, metadata={"help": "CMDC protocol: authors | fold1 .. fold5 (default: authors)."}
+    )
+    corpus_kwargs: str | None = field(
+        default=None,
+        metadata={"help": "JSON object of further keyword arguments for the corpus loader, e.g. "
+                  "'{\"labels_csv\": \"my_labels.csv\"}' for CMDC (see mllm_dr.data.load_cmdc)."},
+    )
+    on_error: str = field(
+        default="raise",
+        metadata={"help": "Broken participant data: raise (stop, naming participant, file and problem) | skip "
+                  "(leave the participant out; recorded in the run's outputs).", "choices": list(ON_ERROR)},
+    )
+
+    def spec(self) -> CorpusSpec:
+        return get_corpus(self.dataset_format)
+
+    def loader_kwargs(self) -> dict[str, Any]:
+        """The loader's keyword arguments for the options given; an option this corpus does not take
+        is refused rather than ignored."""
+        spec = self.spec()
+        kwargs: dict[str, Any] = {}
+        for option in ("visual", "cmdc_split"):
+            value = getattr(self, option)
+            if value is None:
+                continue
+            if option not in spec.options:
+                raise ValueError(f"--{option} does not apply to --dataset_format {spec.name}")
+            kwargs[spec.options[option]] = value
+        if self.corpus_kwargs:
+            try:
+                extra = json.loads(self.corpus_kwargs)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"--corpus_kwargs must be a JSON object ({error})") from None
+            if not isinstance(extra, dict):
+                raise ValueError(f"--corpus_kwargs must be a JSON object, got {type(extra).__name__}")
+            clash = sorted(set(extra) & (set(kwargs) | {"on_error", "rationales_path", "return_report"}))
+            if clash:
+                raise ValueError(f"--corpus_kwargs sets {clash}, which have flags of their own")
+            kwargs.update(extra)
+        return kwargs
+
+
+
+@dataclass
+class FeatureCacheArguments:
+    """Where the feature cache goes (the commands that read features: training and evaluation)."""
+
+    feature_cache_dir: str | None = field(
+        default=None,
+        metadata={"help": f"Where the feature cache goes (default: DATA_DIR/{CACHE_DIRNAME})."},
+    )
+
+
+@dataclass
+class LoadedCorpus:
+    """Rows of the requested splits, the corpus spec and questionnaire, and what was left out."""
+
+    data: datasets.DatasetDict
+    spec: CorpusSpec
+    questionnaire: str
+    reports: list[LoadReport]
+    data_dir: str
+    on_error: str = "raise"
+
+    def __getitem__(self, split: str) -> datasets.Dataset:
+        return self.data[split]
+
+    def cache_features(self, frames: Any, cache_dir: str | os.PathLike | None = None, progress: bool | None = None) -> None:
+        """Builds the feature cache for the rows with ``frames``' (the processor's) frame policies,
+        in ``cache_dir`` (default ``DATA_DIR/.mllm_dr_cache``), where the corpus uses one
+        (:attr:`CorpusSpec.feature_cache`)."""
+        if not self.spec.feature_cache:
+            return
+        cache_dir = cache_dir or os.path.join(self.data_dir, CACHE_DIRNAME)
+        self.data, report = build_feature_cache(
+            self.data, cache_dir, frames, on_error=self.on_error, progress=progress, return_report=True
+        )
+        self.reports.append(report)
+
+    @property
+    def skipped_participants(self) -> list[str]:
+        """Participants left out by the loader or the feature cache (``on_error="skip"``)."""
+        return sorted({p for report in self.reports for p in report.skipped_participants}, key=natural_key)
+
+
+def load_splits(
+    args: CorpusArguments,
+    splits: Sequence[str],
+    *,
+    rationales: str | os.PathLike | None = None,
+    frames: Any = None,
+    cache_dir: str | os.PathLike | None = None,
+    progress: bool | None = None,
+) -> LoadedCorpus:
+    """Loads ``args``' corpus, keeps ``splits`` (an absent split is an empty one: CMDC has no dev
+    set), attaches ``rationales`` and, with ``frames`` (the model's processor or config), builds the
+    feature cache (:meth:`LoadedCorpus.cache_features`): the one row-loading front end of training,
+    evaluation and distillation."""
+    if args.data_dir is None:
+        raise ValueError("--data_dir is required")
+    spec = args.spec()
+    data, report = spec.load(
+        args.data_dir, on_error=args.on_error, rationales_path=rationales, return_report=True, **args.loader_kwargs()
+    )
+    template = next(iter(data.values()))
+    selected = {}
+    for split in splits:
+        selected[split] = data[split] if split in data else template.select([])
+    data = datasets.DatasetDict(selected)
+    corpus = LoadedCorpus(data, spec, spec.questionnaire_of(data), [report], str(args.data_dir), args.on_error)
+    if frames is not None:
+        corpus.cache_features(frames, cache_dir, progress=progress)
+    return corpus

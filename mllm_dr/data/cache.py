@@ -1,0 +1,159 @@
+"""The feature cache: each distinct feature sequence of a dataset (a participant's file, or a CMDC
+item's question files) read once, shortened by its modality's frame policy, cast, and stored as a
+memory-mappable ``.npy``; the rows then point at it.
+
+This is where the frame policy runs for training and evaluation data (``reduce_frames`` of the
+model's processor or config); :func:`mllm_dr.data.row_features` hands the cached frames to the
+processor as already reduced, so the policy is applied exactly once, as on the prediction path
+(raw file -> processor).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import datasets
+import numpy as np
+
+from processing_mllm_dr import MODALITIES, reduce_frames
+
+from ..io import save_npy_atomic
+from .features import feature_key, open_sequence
+from .report import Broken, LoadReport, Notes, Problem, check_on_error, natural_key
+
+logger = logging.getLogger("mllm_dr.data")
+
+CACHE_FORMAT = 2  # 2: one file per feature sequence (files concatenated, then the frame policy)
+CACHE_COLUMNS = tuple(f"{m}_{suffix}" for m in MODALITIES for suffix in ("cache", "cache_policy"))
+
+
+def frame_settings_of(frames: Any) -> dict[str, dict[str, Any]]:
+    """``{modality: frame policy settings}`` of an ``MllmDrProcessor`` or an ``MllmDrConfig``."""
+    if hasattr(frames, "frame_settings"):
+        return {m: frames.frame_settings(m) for m in MODALITIES}
+    if all(hasattr(frames, f"{m}_config") for m in MODALITIES):
+        return {m: getattr(frames, f"{m}_config").frame_settings() for m in MODALITIES}
+    raise TypeError(f"expected an MllmDrProcessor or an MllmDrConfig for the frame policies, got {type(frames).__name__}")
+
+
+def cache_path_for(
+    sources: Iterable[str | os.PathLike], cache_dir: str | os.PathLike, settings: Mapping[str, Any]
+) -> Path:
+    """The cache file of a feature sequence: its name hashes (each source's absolute path, size and
+    mtime, the settings), so an edited source or other settings give a new file and an unchanged one
+    is found again."""
+    described = []
+    for source in sources:
+        source = Path(os.path.abspath(source))
+        stat = source.stat()
+        described.append({"path": str(source), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns})
+    key = json.dumps({"sources": described, "format": CACHE_FORMAT, **settings}, sort_keys=True)
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:24]
+    return Path(cache_dir) / f"{Path(described[0]['path']).stem}-{digest}.npy"
+
+
+def _convert(sources: tuple[str, ...], destination: Path, settings: Mapping[str, Any], dtype: np.dtype) -> None:
+    array = open_sequence(list(sources))
+    reduced = np.asarray(reduce_frames(array, settings))
+    if not np.isfinite(reduced).all():
+        bad = int((~np.isfinite(reduced)).any(axis=1).sum())
+        raise Broken(sources[0], f"{bad} frame(s) contain NaN or inf")
+    with np.errstate(over="ignore"):  # reported just below, with the file's name
+        out = reduced.astype(dtype)
+    overflow = np.isinf(out) & np.isfinite(reduced)
+    if overflow.any():
+        raise Broken(
+            sources[0],
+            f"values up to {float(np.abs(reduced[overflow]).max()):.4g} overflow {dtype.name}; use dtype='float32'",
+        )
+    save_npy_atomic(destination, out)
+
+
+def build_feature_cache(
+    dataset_dict: datasets.DatasetDict,
+    cache_dir: str | os.PathLike,
+    frames: Any,
+    *,
+    dtype: str = "float16",
+    on_error: str = "raise",
+    progress: bool | None = None,
+    return_report: bool = False,
+) -> datasets.DatasetDict | tuple[datasets.DatasetDict, LoadReport]:
+    """Converts every feature sequence the rows reference ONCE into ``cache_dir`` and adds the columns
+    ``audio_cache`` / ``video_cache`` (the cached file, None for a missing modality) and
+    ``audio_cache_policy`` / ``video_cache_policy`` (the frame policy it was shortened with, JSON).
+
+    ``frames`` is the model's ``MllmDrProcessor`` (or ``MllmDrConfig``): each modality's frame policy
+    comes from it. Reading a 600 MB ``.mat`` or a 30k-row CSV for each of 8 items every epoch is too
+    slow; a cached file holds the policy's output in ``dtype`` and is read memory-mapped. Files are
+    written atomically and skipped when already present, so an interrupted build resumes. A sequence
+    that cannot be converted (unreadable, NaN/inf frames, overflow) raises (``on_error="raise"``) or
+    drops every participant that references it (``"skip"``, recorded in the report). Old cache files
+    are never deleted (delete ``cache_dir`` to reclaim space).
+    """
+    check_on_error(on_error)
+    dtype = np.dtype(dtype)
+    if not np.issubdtype(dtype, np.floating):
+        raise ValueError(f"dtype must be a floating type, got {dtype}")
+    settings = {modality: {**value, "dtype": dtype.str} for modality, value in frame_settings_of(frames).items()}
+    policies = {modality: json.dumps(frame_settings_of(frames)[modality], sort_keys=True) for modality in MODALITIES}
+    cache_dir = Path(cache_dir)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    report, notes = LoadReport("feature cache"), Notes()
+
+    users: dict[tuple[str, tuple[str, ...]], set[str]] = defaultdict(set)
+    for split in dataset_dict.values():
+        for pid, audio, video in zip(split["participant_id"], split["audio_files"], split["video_files"], strict=True):
+            for modality, files in (("audio", audio), ("video", video)):
+                if files:
+                    users[(modality, tuple(files))].add(pid)
+
+    from tqdm.auto import tqdm
+
+    targets: dict[tuple[str, tuple[str, ...]], str] = {}
+    failed: set[str] = set()
+    written = 0
+    disable = None if progress is None else not progress  # None: only on a terminal
+    for modality, sources in tqdm(sorted(users), desc="feature cache", unit="sequence", disable=disable):
+        try:
+            missing = [s for s in sources if not Path(s).is_file()]
+            if missing:
+                raise Broken(missing[0], "missing file")
+            destination = cache_path_for(sources, cache_dir, settings[modality])
+            if not destination.is_file():
+                _convert(sources, destination, settings[modality], dtype)
+                written += 1
+            targets[(modality, sources)] = str(destination.resolve())
+        except Broken as error:
+            who = sorted(users[(modality, sources)], key=natural_key)
+            if on_error == "raise":
+                raise ValueError(f"participant(s) {', '.join(who)}: {error.path}: {error.problem}") from None
+            for pid in who:
+                report.skipped.append(Problem(pid, error.path, error.problem))
+            failed.update(who)
+    notes.add(f"{written} sequence(s) converted, {len(targets) - written} already cached in {cache_dir}")
+
+    out = {}
+    for name, split in dataset_dict.items():
+        split = split.remove_columns([c for c in CACHE_COLUMNS if c in split.column_names])
+        if failed:
+            keep = [i for i, pid in enumerate(split["participant_id"]) if pid not in failed]
+            if len(keep) != len(split):
+                split = split.select(keep)
+        rows = split.select_columns(["audio_files", "video_files"]).to_list()
+        for modality in MODALITIES:
+            values = [targets[feature_key(row, modality)] if row[f"{modality}_files"] else None for row in rows]
+            split = split.add_column(f"{modality}_cache", values, feature=datasets.Value("string"))
+            split = split.add_column(f"{modality}_cache_policy", [policies[modality]] * len(split), feature=datasets.Value("string"))
+        out[name] = split
+    report.notes.extend(notes.lines())
+    logger.log(logging.WARNING if report.skipped else logging.INFO, "%s", report.summary())
+    result = datasets.DatasetDict(out)
+    return (result, report) if return_report else result

@@ -1,0 +1,82 @@
+"""Interview transcripts in the corpora's formats, as the text the model reads."""
+
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+
+from .report import Broken
+from .tables import find_column, ragged, read_rows
+
+DAIC_SPEAKERS = {"ellie": "Interviewer", "participant": "Participant"}
+
+
+def edaic_transcript(path: Path) -> str:
+    """All ``Text`` fields joined by newlines (E-DAIC's ASR transcript has no speaker column)."""
+    header, rows = read_rows(path)
+    text_column = find_column(header, ["Text"])
+    if text_column is None:
+        raise Broken(path, f"no Text column (expected Start_Time,End_Time,Text,Confidence; header: {header})")
+    index = header.index(text_column)
+    lines = []
+    for line, fields in rows:
+        if len(fields) != len(header):
+            raise Broken(path, ragged(line, fields, header))
+        if fields[index].strip():
+            lines.append(fields[index].strip())
+    if not lines:
+        raise Broken(path, "transcript has no text")
+    return "\n".join(lines)
+
+
+def daic_transcript(path: Path) -> str:
+    """``Interviewer: ...`` / ``Participant: ...`` lines; consecutive rows of one speaker are merged so the
+    interviewer's questions stay visible as context without one line per utterance fragment."""
+    header, rows = read_rows(path, delimiter="\t", quoting=csv.QUOTE_NONE)
+    speaker_column = find_column(header, ["speaker"])
+    value_column = find_column(header, ["value"])
+    if speaker_column is None or value_column is None:
+        raise Broken(path, f"expected tab-separated columns start_time, stop_time, speaker, value; header: {header}")
+    s_index, v_index = header.index(speaker_column), header.index(value_column)
+    turns: list[list[str]] = []
+    for line, fields in rows:
+        if len(fields) != len(header):
+            raise Broken(path, ragged(line, fields, header))
+        text = fields[v_index].strip()
+        if not text:
+            continue
+        speaker = DAIC_SPEAKERS.get(fields[s_index].strip().lower(), fields[s_index].strip() or "Unknown")
+        if turns and turns[-1][0] == speaker:
+            turns[-1][1] += " " + text
+        else:
+            turns.append([speaker, text])
+    if not turns:
+        raise Broken(path, "transcript has no text")
+    return "\n".join(f"{speaker}: {text}" for speaker, text in turns)
+
+
+def plain_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8-sig").strip()
+    except UnicodeDecodeError as error:
+        raise Broken(path, f"not UTF-8 text ({error})") from None
+
+
+def read_transcript(path: str | os.PathLike) -> str:
+    """One interview's transcript as the text the model reads, whatever its format: an E-DAIC
+    ``<ID>_Transcript.csv`` (``Start_Time,End_Time,Text,Confidence``), a DAIC-WOZ ``<ID>_TRANSCRIPT.csv``
+    (tab-separated with speakers), or plain UTF-8 text (CMDC ``Q<n>.txt``, anything else)."""
+    path = Path(path)
+    try:
+        first_line = path.read_text(encoding="utf-8-sig").split("\n", 1)[0]
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot read the transcript ({error})") from None
+    try:
+        if "\t" in first_line and "speaker" in first_line.lower():
+            return daic_transcript(path)
+        if path.suffix.lower() == ".csv" and "text" in first_line.lower():
+            return edaic_transcript(path)
+        return plain_text(path)
+    except Broken as error:
+        raise ValueError(str(error)) from None

@@ -1,0 +1,279 @@
+"""The one generate-parse-score loop (evaluation and prediction both call :func:`generate_items`):
+a rationale and a score for each (participant, item) row, the MAA head's score from the same
+prefill, strict parsing, and the choice of the score that counts."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import torch
+from transformers import LogitsProcessor
+
+from processing_mllm_dr import MllmDrProcessor
+
+from ..data import MllmDrCollator, feature_key
+
+SCORE_SOURCES = ("generated", "head", "generated_with_head_fallback")
+
+
+@dataclass
+class GenerationArguments:
+    """How each item's answer is generated and which score counts (paper section 4.2: sampling at
+    temperature 0.8, top-k 10, up to 200 new tokens)."""
+
+    greedy: bool = field(default=False, metadata={"help": "Deterministic greedy decoding instead of sampling."})
+    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature."})
+    top_k: int = field(default=10, metadata={"help": "Sample among the k most likely tokens (0: all)."})
+    max_new_tokens: int = field(default=200, metadata={"help": "Longest answer, in tokens."})
+    seed: int = field(default=0, metadata={"help": "Seed; each item samples from its own (seed, participant, item) stream."})
+    batch_size: int = field(default=8, metadata={"help": "Items generated together."})
+    prefix_reuse: bool = field(
+        default=True,
+        metadata={"help": "Prefill a participant's shared prompt prefix once for all its items "
+                  "(--no_prefix_reuse: prefill each item's whole prompt)."},
+    )
+    score_source: str = field(
+        default="generated_with_head_fallback",
+        metadata={"help": "The score that counts: generated (the parsed text), head (the MAA head), or "
+                  "generated_with_head_fallback (the text, the head where the text breaks format).",
+                  "choices": list(SCORE_SOURCES)},
+    )
+    unparsed_score: float = field(
+        default=0.0,
+        metadata={"help": "Item score used when the text breaks format and no head can stand in (zero-shot, "
+                  "--score_source generated); default 0: a failure scores nothing. The authors' code put in "
+                  "1.5, a filler that hides failures."},
+    )
+
+    def describe(self) -> str:
+        if self.greedy:
+            return "greedy"
+        return f"sampling, temperature {self.temperature}, top_k {self.top_k}, a seed per item"
+
+
+# ----------------------------------------------------------------------------- sampling with a seed per item
+def item_seed(seed: int, participant_id: str, item_index: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{participant_id}:{item_index}".encode()).hexdigest()
+    return int(digest[:12], 16)
+
+
+class PerItemSampler(LogitsProcessor):
+    """Samples each row from its own random stream (temperature, top-k) and turns the row into a
+    one-hot, so greedy decoding then emits the sampled token.
+
+    Sampling is the Gumbel-max trick over the top-k logits: the uniforms come from a
+    ``torch.Generator`` per row, drawn for all steps before decoding and moved to the device once,
+    so a step needs no device-to-host copy and no per-row loop. Each item's randomness is its own: a
+    resumed run, or a different batch composition, gives the same text.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_k: int, max_steps: int = 200):
+        self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        self.temperature = temperature
+        self.top_k = top_k
+        self.max_steps = max(1, int(max_steps))
+        self._uniforms: torch.Tensor | None = None
+        self._start: int | None = None
+
+    def _draw(self, steps: int, width: int) -> torch.Tensor:
+        """``(rows, steps, width)`` uniforms in (0, 1), each row from its own generator."""
+        tiny = torch.finfo(torch.float32).tiny
+        rows = [torch.rand((steps, width), generator=g).clamp_(tiny, 1.0 - 2**-24) for g in self.generators]
+        return torch.stack(rows)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        if scores.shape[0] != len(self.generators):
+            raise ValueError(f"PerItemSampler has {len(self.generators)} seeds for a batch of {scores.shape[0]}")
+        if self._start is None:
+            self._start = input_ids.shape[1]
+        step = input_ids.shape[1] - self._start
+        logits = scores.float() / max(self.temperature, 1e-6)
+        width = self.top_k if 0 < self.top_k < logits.shape[-1] else logits.shape[-1]
+        if width == logits.shape[-1]:
+            uniforms = self._draw(1, width)[:, 0].to(scores.device)  # the whole vocabulary: drawn per step
+        else:
+            if self._uniforms is None or step >= self._uniforms.shape[1]:
+                fresh = self._draw(self.max_steps, width).to(scores.device)
+                self._uniforms = fresh if self._uniforms is None else torch.cat([self._uniforms, fresh], dim=1)
+            uniforms = self._uniforms[:, step]
+        values, indices = logits.topk(width, dim=-1)
+        gumbel = -torch.log(-torch.log(uniforms))
+        chosen = indices.gather(1, (values + gumbel).argmax(dim=-1, keepdim=True))
+        return torch.full_like(scores, float("-inf")).scatter(1, chosen, 0.0)
+
+
+def choose_score(parsed: int | None, head: float | None, source: str, unparsed: float, lo: int, hi: int):
+    """(score used, fell back?) for one item; the head's score is clipped to the item range."""
+    clipped = None if head is None else float(min(max(head, lo), hi))
+    if source == "head":
+        if clipped is None:
+            raise ValueError("--score_source head needs a trained score head")
+        return clipped, False
+    if parsed is not None:
+        return float(parsed), False
+    if source == "generated_with_head_fallback" and clipped is not None:
+        return clipped, True
+    return float(unparsed), False
+
+
+# ----------------------------------------------------------------------------- generation
+def _cache_kwarg() -> str:
+    """``generate``'s name for a ready KV cache: ``cache`` in transformers >= 5.2x, else ``past_key_values``."""
+    from transformers.modeling_outputs import CausalLMOutputWithPast
+
+    return "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
+
+
+def shares_prefix(rows: Sequence[Mapping[str, Any]]) -> bool:
+    """Items of one participant with one transcript and one feature sequence per modality (E-DAIC, DAIC-WOZ)."""
+    first = rows[0]
+    return len(rows) > 1 and all(
+        r["participant_id"] == first["participant_id"]
+        and r["transcript"] == first["transcript"]
+        and all(feature_key(r, m) == feature_key(first, m) for m in ("audio", "video"))
+        for r in rows
+    )
+
+
+@torch.no_grad()
+def generate_with_shared_prefix(model, batch: dict[str, torch.Tensor], **generate_kwargs: Any):
+    """Generation for prompts that share a prefix (a participant's system prompt, features and
+    transcript come before the item instruction): the prefix is prefilled once, its KV cache and
+    last hidden states are copied to every item, and only the item-specific suffixes are prefilled.
+    The head still pools the whole prompt (prefix hidden states + suffix hidden states)."""
+    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
+    real = [row[m] for row, m in zip(ids, mask)]
+    shortest = min(len(r) for r in real)
+    stacked = torch.stack([r[:shortest] for r in real])
+    differs = (~(stacked == stacked[0]).all(dim=0)).nonzero()
+    # the longest common prefix, leaving every item at least one token of its own to prefill
+    common = min(int(differs[0]) if len(differs) else shortest, shortest - 1)
+    prefix = real[0][:common].unsqueeze(0)
+    features = {k: v[:1] for k, v in batch.items() if k.startswith(("audio_", "video_"))}
+    prefill = model(
+        input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, compute_score=False,
+        logits_to_keep=1, return_last_hidden_state=True, **features,
+    )  # fmt: skip
+    cache = next(prefill[name] for name in ("cache", "past_key_values") if name in prefill.keys())
+    cache.batch_repeat_interleave(len(real))
+    suffixes = [r[common:] for r in real]
+    width = max(len(s) for s in suffixes)
+    pad_id = generate_kwargs.get("pad_token_id", 0)
+    suffix_ids = torch.full((len(real), width), pad_id, dtype=ids.dtype, device=ids.device)
+    suffix_mask = torch.zeros((len(real), width), dtype=batch["attention_mask"].dtype, device=ids.device)
+    for i, suffix in enumerate(suffixes):  # left-pad the suffixes: padding sits between prefix and suffix
+        suffix_ids[i, width - len(suffix) :] = suffix
+        suffix_mask[i, width - len(suffix) :] = 1
+    full_ids = torch.cat([prefix.expand(len(real), -1), suffix_ids], dim=1)
+    full_mask = torch.cat([torch.ones_like(prefix).expand(len(real), -1), suffix_mask], dim=1)
+    out = model.generate(
+        input_ids=full_ids, attention_mask=full_mask, prefix_hidden_states=prefill.last_hidden_state,
+        **{_cache_kwarg(): cache}, **generate_kwargs,
+    )  # fmt: skip
+    return out, full_ids.shape[1]
+
+
+@torch.no_grad()
+def generate_items(
+    model,
+    processor: MllmDrProcessor,
+    rows: Sequence[Mapping[str, Any]],
+    mode: str,
+    settings: GenerationArguments,
+    use_head: bool,
+) -> tuple[list[dict[str, Any]], int]:
+    """One batch of rows -> ``(records, new tokens generated)``.
+
+    Each record holds the row's ids, the generated text, the strictly parsed score and rationale,
+    the MAA head's score (``use_head``: only for a trained head), the score that counts
+    (``settings.score_source``) and whether it fell back to the head, plus the row's label, total
+    and gender.
+    """
+    batch = MllmDrCollator(processor, mode, with_rationale=True, padding_side="left", with_targets=False)(list(rows))
+    device = next(model.parameters()).device
+    batch = {k: v.to(device) for k, v in batch.items()}
+    kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": False}
+    if not settings.greedy:
+        seeds = [item_seed(settings.seed, str(r["participant_id"]), int(r["item_index"])) for r in rows]
+        kwargs["logits_processor"] = [PerItemSampler(seeds, settings.temperature, settings.top_k, settings.max_new_tokens)]
+    tokenizer = processor.tokenizer
+    kwargs["pad_token_id"] = tokenizer.pad_token_id
+    kwargs["eos_token_id"] = tokenizer.eos_token_id
+    if settings.prefix_reuse and shares_prefix(rows):
+        out, prompt_length = generate_with_shared_prefix(model, batch, **kwargs)
+    else:
+        out = model.generate(**batch, **kwargs)
+        prompt_length = batch["input_ids"].shape[1]
+    new_tokens = out.sequences[:, prompt_length:]
+    texts = processor.batch_decode(new_tokens, skip_special_tokens=True)
+    eos = tokenizer.eos_token_id
+    counted = int(sum(int((row != eos).sum()) + int((row == eos).any()) for row in new_tokens.cpu()))
+    use_head = use_head and out.head_score is not None
+    records = []
+    for i, (row, text) in enumerate(zip(rows, texts)):
+        parsed, rationale = processor.parse_output(text)
+        head = float(out.head_score[i]) if use_head else None
+        score, fell_back = choose_score(
+            parsed, head, settings.score_source, settings.unparsed_score, processor.score_min, processor.score_max
+        )
+        records.append(
+            {
+                "participant_id": str(row["participant_id"]),
+                "item_index": int(row["item_index"]),
+                "item_name": row["item_name"],
+                "generated_text": text,
+                "rationale": rationale,
+                "parsed_score": parsed,
+                "head_score": head,
+                "score": score,
+                "label": row.get("label"),
+                "fell_back": fell_back,
+                "total": row.get("total"),
+                "gender": row.get("gender"),
+            }
+        )
+    return records, counted
+
+
+def make_batches(rows: list[dict[str, Any]], batch_size: int, by_participant: bool) -> list[list[dict[str, Any]]]:
+    """Fixed-size batches; with prefix reuse, a batch never mixes participants (their prompts share
+    a prefix only within a participant)."""
+    if not by_participant:
+        return [rows[i : i + batch_size] for i in range(0, len(rows), batch_size)]
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        groups[str(row["participant_id"])].append(row)
+    return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]
+
+
+def check_rows(rows: Sequence[Mapping[str, Any]], processor: MllmDrProcessor, mode: str) -> None:
+    """Every input checked before anything is generated or written: empty transcripts, feature widths
+    (read from file headers, naming the file)."""
+    from ..data import feature_shape
+
+    inputs = processor.inputs_for(mode)
+    checked: set[tuple[str, str]] = set()
+    for row in rows:
+        pid = str(row["participant_id"])
+        if inputs.transcript and not str(row.get("transcript") or "").strip():
+            raise SystemExit(f"participant {pid}, item {row['item_index']}: the transcript is empty")
+        for modality in ("audio", "video"):
+            if not getattr(inputs, modality):
+                continue
+            expected = getattr(processor, f"{modality}_feature_dim")
+            for file in feature_key(row, modality)[1]:
+                if (modality, file) in checked:
+                    continue
+                checked.add((modality, file))
+                try:
+                    _frames, dim = feature_shape(file)
+                except ValueError as error:
+                    raise SystemExit(f"participant {pid}: {error}") from None
+                if dim != expected:
+                    raise SystemExit(
+                        f"participant {pid}: {modality} features {file} are {dim} wide, the model expects (frames, {expected})"
+                    )

@@ -1,0 +1,113 @@
+"""Command-line arguments of ``train.py`` / ``mllm-dr-train`` (``HfArgumentParser`` dataclasses; the
+corpus options are :class:`mllm_dr.data.CorpusArguments`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+from ..checkpoints import DEFAULT_LORA_TARGET
+
+PRESETS = ("paper", "demo")
+
+
+@dataclass
+class ModelArguments:
+    """What model to train: the backbone or a stage-1 output, the preset and the modality switches."""
+
+    backbone: str | None = field(
+        default=None, metadata={"help": "Causal-LM folder or Hub id (stage 1, or stage 2 without --init_from)."}
+    )
+    init_from: str | None = field(default=None, metadata={"help": "Stage 2: the stage-1 output folder."})
+    allow_stage2_without_stage1: bool = field(
+        default=False, metadata={"help": "Stage 2 on freshly initialised LQ-formers (normally an error)."}
+    )
+    preset: str = field(
+        default="paper", metadata={"help": "LQ-former and head sizes: paper | demo.", "choices": list(PRESETS)}
+    )
+    model_overrides: str | None = field(
+        default=None,
+        metadata={"help": "JSON object of MllmDrConfig fields, e.g. '{\"audio_config\": {\"feature_dim\": 1024}}'."},
+    )
+    use_audio: bool = field(default=True, metadata={"help": "Use the audio LQ-former (--no_use_audio: 'w/o LQ-A')."})
+    use_video: bool = field(default=True, metadata={"help": "Use the visual LQ-former (--no_use_video: 'w/o LQ-V')."})
+    text_only: bool = field(default=False, metadata={"help": "The paper's text-only LoRA baseline (stage 2 only)."})
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank (stage 2)."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (stage 2)."})
+    lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (stage 2)."})
+    lora_target_modules: str = field(
+        default=DEFAULT_LORA_TARGET, metadata={"help": "Regex over module names that get LoRA (the LLM's q/v projections)."}
+    )
+
+
+@dataclass
+class TrainDataArguments:
+    """Training targets and sizes (the corpus itself is chosen by the corpus options)."""
+
+    rationales: str | None = field(
+        default=None, metadata={"help": "rationales.jsonl (stage-2 targets; written by mllm-dr-distill)."}
+    )
+    max_transcript_tokens: int = field(
+        default=1536, metadata={"help": "Transcript budget in tokens (only the transcript is ever truncated)."}
+    )
+    max_train_samples: int | None = field(default=None, metadata={"help": "Train on at most this many rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many dev rows."})
+
+
+@dataclass
+class MllmDrTrainingArguments(TrainingArguments):
+    """``TrainingArguments`` plus MLlm-DR's stages, joint loss and per-group learning rates.
+
+    ``--learning_rate`` is not used: every trainable parameter belongs to a group with its own rate.
+    """
+
+    stage: int = field(default=2, metadata={"help": "1 (LQ-formers) or 2 (LoRA + head).", "choices": [1, 2]})
+    joint_loss: bool = field(default=True, metadata={"help": "CE + MSE (--no_joint_loss: CE only, 'w/o Joint')."})
+    lm_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the answer cross-entropy in Eq. 3."})
+    score_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the MAA head's MSE in Eq. 3."})
+    loss_schedule: str = field(
+        default="fixed",
+        metadata={"help": "fixed | linear_blend (the authors' moving blend, from fractional progress).",
+                  "choices": ["fixed", "linear_blend"]},
+    )
+    lora_learning_rate: float = field(default=1e-5, metadata={"help": "Learning rate of the LoRA weights (stage 2)."})
+    projector_learning_rate: float = field(default=5e-4, metadata={"help": "Learning rate of the projectors (stage 1)."})
+    lqformer_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the LQ-formers (stage 1)."})
+    head_learning_rate: float = field(default=1e-4, metadata={"help": "Learning rate of the MAA head (stage 2)."})
+    alignment_probe_weight: float = field(
+        default=0.0,
+        metadata={"help": "Stage 1: weight of an auxiliary linear probe that regresses every PHQ item's score from "
+                  "the projected queries (not in the paper; 0 = off). See README, 'The stage-1 alignment probe'."},
+    )
+    alignment_probe_learning_rate: float = field(
+        default=1e-2, metadata={"help": "Learning rate of the stage-1 alignment probe."}
+    )
+    final_dev_eval: bool = field(
+        default=True,
+        metadata={"help": "Score the dev split once after training (--no_final_dev_eval skips it, e.g. for short demo runs)."},
+    )
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Allow writing into a non-empty output_dir."})
+    i_may_share_weights: bool = field(
+        default=False,
+        metadata={"help": "Required with --push_to_hub: you confirm the data licence lets you share these weights."},
+    )
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Kept False: the collator reads id columns."})
+    label_names: list[str] | None = field(
+        default_factory=lambda: ["labels", "score_labels"], metadata={"help": "Target fields of a batch."}
+    )
+    prediction_loss_only: bool = field(default=True, metadata={"help": "Evaluation computes losses only."})
+    eval_strategy: str = field(default="epoch", metadata={"help": "When to score the dev split: no | steps | epoch."})
+    save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: no | steps | epoch."})
+    logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
+    save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+
+    def group_learning_rates(self) -> dict[str, float]:
+        """Learning rate per parameter group (``mllm_dr.training.parameter_group``)."""
+        return {
+            "lora": self.lora_learning_rate,
+            "projector": self.projector_learning_rate,
+            "lqformer": self.lqformer_learning_rate,
+            "head": self.head_learning_rate,
+            "probe": self.alignment_probe_learning_rate,
+        }

@@ -1,0 +1,129 @@
+"""Building the model a training stage trains: which modules train, which stay frozen, and the
+processor that goes with it (paper section 3.4: stage 1 trains the LQ-formers on a frozen LLM;
+stage 2 freezes them and trains LoRA on the LLM plus the MAA head)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from configuration_mllm_dr import LQFormerConfig, MllmDrConfig
+from modeling_mllm_dr import MllmDrForConditionalGeneration
+from processing_mllm_dr import QUESTIONNAIRES, MllmDrProcessor, prompt_mode
+
+from ..checkpoints import apply_lora, load_adapter_export, read_adapter_manifest
+from .arguments import PRESETS, ModelArguments, MllmDrTrainingArguments
+
+PRESET_BUILDERS = {"paper": MllmDrConfig.paper_preset, "demo": MllmDrConfig.demo_preset}
+assert set(PRESET_BUILDERS) == set(PRESETS)
+
+
+@dataclass
+class StageModel:
+    """What a stage trains: ``model`` (a PEFT model in stage 2), its ``processor``, the base model's
+    name, the LoRA config (stage 2) and the parameter-name patterns that must be exactly the
+    trainable ones (``MllmDrTrainer`` checks them before the first step)."""
+
+    model: torch.nn.Module
+    processor: MllmDrProcessor
+    base_model: str
+    lora_config: Any
+    trainable_patterns: list[str]
+    mode: str
+
+    @property
+    def base(self) -> MllmDrForConditionalGeneration:
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
+
+
+def build_config_overrides(model_args: ModelArguments) -> dict[str, Any]:
+    """``MllmDrConfig`` fields from the preset (its LQ-former and head sizes; the backbone comes from
+    ``--backbone``), then ``--model_overrides``, then the modality switches."""
+    base = PRESET_BUILDERS[model_args.preset]()
+    overrides: dict[str, Any] = {
+        "audio_config": base.audio_config.to_dict(),
+        "video_config": base.video_config.to_dict(),
+        "score_head_num_heads": base.score_head_num_heads,
+        "score_head_hidden_size": base.score_head_hidden_size,
+    }
+    if model_args.model_overrides:
+        for key, value in json.loads(model_args.model_overrides).items():
+            if key in ("audio_config", "video_config") and isinstance(value, dict):
+                overrides[key] = {**overrides[key], **value}
+            else:
+                overrides[key] = value
+    for key in ("audio_config", "video_config"):
+        overrides[key] = LQFormerConfig(**{k: v for k, v in overrides[key].items() if k not in ("model_type", "transformers_version")})
+    overrides["use_audio"] = model_args.use_audio
+    overrides["use_video"] = model_args.use_video
+    return overrides
+
+
+def build_stage_model(
+    model_args: ModelArguments, args: MllmDrTrainingArguments, questionnaire: str, max_transcript_tokens: int
+) -> StageModel:
+    """The model of ``args.stage``: stage 1 from ``--backbone`` (or a stage-1 output), stage 2 from
+    ``--init_from`` (or the backbone, for the text-only baseline); everything frozen except what the
+    stage trains."""
+    from peft import LoraConfig
+
+    if model_args.init_from is not None:
+        model, processor = load_adapter_export(model_args.init_from, backbone=model_args.backbone)
+        manifest = read_adapter_manifest(model_args.init_from)
+        base_model = model_args.backbone or manifest["base_model"]
+        if manifest.get("lora"):
+            raise SystemExit(f"--init_from {model_args.init_from} already holds LoRA weights: give a stage-1 output")
+        for name in ("use_audio", "use_video"):
+            if getattr(model_args, name) and not getattr(model.config, name):
+                raise SystemExit(f"--init_from {model_args.init_from} was trained without {name[4:]}")
+        if processor.questionnaire != questionnaire:
+            raise SystemExit(
+                f"--init_from {model_args.init_from} was trained on {processor.questionnaire.upper()} items, "
+                f"this corpus has {questionnaire.upper()}"
+            )
+        if model.alignment_probe is not None and args.alignment_probe_weight == 0:
+            model.remove_alignment_probe()  # stage 2, or a stage 1 continued without the probe
+        if args.stage == 1 and args.alignment_probe_weight > 0 and model.alignment_probe is None:
+            raise SystemExit(f"--init_from {model_args.init_from} has no alignment probe: start stage 1 from --backbone")
+    else:
+        overrides = build_config_overrides(model_args)
+        if args.stage == 1 and args.alignment_probe_weight > 0:
+            overrides["alignment_probe_items"] = len(QUESTIONNAIRES[questionnaire])
+        model = MllmDrForConditionalGeneration.from_backbone(model_args.backbone, **overrides)
+        processor = MllmDrProcessor.from_config(
+            model.tokenizer_for_backbone, model.config, questionnaire=questionnaire,
+            max_transcript_tokens=max_transcript_tokens,
+        )  # fmt: skip
+        base_model = model_args.backbone
+    processor.max_transcript_tokens = max_transcript_tokens
+    mode = prompt_mode(args.stage, model_args.use_audio, model_args.use_video, model_args.text_only)
+    model.requires_grad_(False)
+    if args.stage == 1:
+        patterns = []
+        for modality in ("audio", "video"):
+            if getattr(model_args, f"use_{modality}"):
+                getattr(model, f"{modality}_lqformer").requires_grad_(True)
+                getattr(model, f"{modality}_projector").requires_grad_(True)
+                patterns += [rf"{modality}_lqformer\..*", rf"{modality}_projector\..*"]
+        if args.alignment_probe_weight > 0:
+            model.config.alignment_probe_weight = args.alignment_probe_weight
+            model.alignment_probe.requires_grad_(True)
+            patterns.append(r"alignment_probe\..*")
+        return StageModel(model, processor, base_model, None, patterns, mode)
+    lora_config = LoraConfig(
+        r=model_args.lora_r,
+        lora_alpha=model_args.lora_alpha,
+        lora_dropout=model_args.lora_dropout,
+        target_modules=model_args.lora_target_modules,
+        bias="none",
+    )
+    peft_model = apply_lora(model, lora_config)
+    patterns = [r"language_model\..*lora_[AB]\..*"]
+    if args.joint_loss and args.score_loss_weight > 0:
+        model.score_head.requires_grad_(True)
+        model.config.score_head_trained = True  # saved with every export: evaluation may trust the head
+        patterns.append(r"score_head\..*")
+    return StageModel(peft_model, processor, base_model, lora_config, patterns, mode)
