@@ -5,9 +5,10 @@ w/o audio, w/o video, and (when the recipe uses it) without the stage-1 alignmen
 
     python benchmarks/ablations.py --run_dir runs/ablations [--demo_run runs/demo-<timestamp>]
 
-Every variant is trained and evaluated with exactly the demo's recipe (``scripts/run_demo.py``'s
-``DemoSettings`` and command builders: same corpus, stage-1 output, learning rates, epochs,
-precision and greedy decoding). With ``--demo_run`` the demo's corpus, stage 1, full model and
+Every variant is trained and evaluated with exactly the demo's recipe (``mllm_dr.demo``'s
+``DemoSettings``, command builders and ``ABLATIONS``: same corpus, stage-1 output, learning rates,
+epochs, precision and greedy decoding), each step run as its console command (``mllm-dr-train``,
+``mllm-dr-evaluate``, ...). With ``--demo_run`` the demo's corpus, stage 1, full model and
 baseline evaluations are reused and only the ablated variants are trained. Writes
 ``benchmarks/results/ablations.json`` and a Markdown table: totals (CCC, RMSE, MAE, F1, format
 failures), the MAA head's scores alone, and per-item MAE, with the items planted only in the
@@ -23,49 +24,39 @@ import platform
 import subprocess
 import sys
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, replace
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-
-from run_demo import (  # noqa: E402
-    BACKBONE_CACHE,
+from _common import RESULTS_DIR, write_json
+from mllm_dr.backbones import prepare_backbone
+from mllm_dr.demo import (
+    ABLATIONS,
+    OWN_STAGE1,
+    PRECISIONS,
     DemoSettings,
+    backbone_dir,
     corpus_command,
-    cpu_has_native_bf16,
     eval_flags,
+    resolve_command,
     stage1_command,
     stage2_command,
 )
+from mllm_dr.io import write_text_atomic
 
 AUDIO_ITEMS, VIDEO_ITEMS, TEXT_ITEMS = (4, 8), (5, 7), (1, 2, 3, 6)
 
-
-# name -> (folder, extra train.py flags or None for no training, extra evaluation flags)
-VARIANTS: dict[str, tuple[str, list[str] | None, list[str]]] = {
-    "train-mean": ("train_mean", None, ["--train_mean"]),
-    "zero-shot SmolLM2 {T}": ("zero_shot", None, ["--zero_shot", "--model", str(BACKBONE_CACHE)]),
-    "LoRA {T} (text only, CE)": ("lora_text_ce", ["--text_only", "--no_joint_loss"], ["--score_source", "generated"]),
-    "w/o LQ (text, joint)": ("wo_lq", ["--text_only"], []),
-    "w/o Joint (CE only)": ("wo_joint", ["--no_joint_loss"], ["--score_source", "generated"]),
-    "w/o LQ-A (no audio)": ("wo_audio", ["--no_use_audio"], []),
-    "w/o LQ-V (no video)": ("wo_video", ["--no_use_video"], []),
-    "w/o probe (paper's stage 1)": ("wo_probe", [], []),
-    "MLlm-DR (full)": ("mllm_dr", [], []),
-}
-# Variants whose stage 1 differs from the recipe's: name -> (stage-1 folder, settings changes).
-OWN_STAGE1: dict[str, tuple[str, dict[str, float]]] = {
-    "w/o probe (paper's stage 1)": ("stage1_no_probe", {"alignment_probe_weight": 0.0}),
-}
+# name -> (folder, extra training flags or None for no training, extra evaluation flags): the
+# recipe's variants, mllm_dr.demo.ABLATIONS (OWN_STAGE1: the variants with a stage 1 of their own).
+VARIANTS: dict[str, tuple[str, list[str] | None, list[str]]] = ABLATIONS
 
 
 def run(command: list[str], log: Path) -> float:
-    """Runs one step with its output in ``log``; stops the benchmark on failure."""
+    """Runs one step (a console command, found next to this interpreter) with its output in ``log``;
+    stops the benchmark on failure."""
     started = time.perf_counter()
     print(f"$ {' '.join(command)}", flush=True)
     with log.open("w") as handle:
-        result = subprocess.run(command, cwd=ROOT, stdout=handle, stderr=subprocess.STDOUT,
+        result = subprocess.run(resolve_command(command), stdout=handle, stderr=subprocess.STDOUT,
                                 env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
     if result.returncode:
         raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}; see {log}")
@@ -97,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--demo_run", type=Path, default=None,
                         help="a finished `make demo` run folder: reuse its corpus, stage 1, full model and baselines")
     parser.add_argument("--seed", type=int, default=DemoSettings.seed, help="ignored with --demo_run (the demo's is used)")
-    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto")
+    parser.add_argument("--precision", choices=list(PRECISIONS), default="auto",
+                        help="ignored with --demo_run (the demo's is used)")
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), help="subset of variant names")
     args = parser.parse_args(argv)
     unknown = sorted(set(args.variants) - set(VARIANTS))
@@ -105,28 +97,25 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"unknown variants {unknown}; known: {list(VARIANTS)}")
 
     run_dir: Path = args.run_dir
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
-    logs = run_dir / "logs"
     if args.demo_run is not None:
-        saved = json.loads((args.demo_run / "settings.json").read_text())
-        saved.setdefault("alignment_probe_weight", 0.0)  # demo runs from before the probe had none
-        settings = DemoSettings(**{f.name: saved[f.name] for f in fields(DemoSettings)})
         corpus, stage1 = args.demo_run / "corpus", args.demo_run / "stage1"
         reused = {"MLlm-DR (full)": args.demo_run / "stage2"}
         reused_evals = {"MLlm-DR (full)": "mllm_dr", "zero-shot SmolLM2 {T}": "zero_shot", "train-mean": "train_mean"}
         for folder in (corpus, stage1, reused["MLlm-DR (full)"] / "merged"):
             if not folder.is_dir():
                 raise SystemExit(f"--demo_run {args.demo_run}: {folder} is missing (is the demo run finished?)")
+        settings_file = args.demo_run / "settings.json"
+        if not settings_file.is_file():
+            raise SystemExit(f"--demo_run {args.demo_run}: {settings_file} is missing (is the demo run finished?)")
+        settings = DemoSettings.from_json(json.loads(settings_file.read_text())).resolved()
     else:
-        bf16 = args.precision == "bf16" or (args.precision == "auto" and cpu_has_native_bf16())
-        settings = DemoSettings(seed=args.seed, bf16=bf16)
+        settings = DemoSettings(seed=args.seed, precision=args.precision).resolved()
         corpus, stage1 = run_dir / "corpus", run_dir / "stage1"
         reused, reused_evals = {}, {}
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from prepare_backbone import prepare_backbone
-
-    prepare_backbone(BACKBONE_CACHE)
+    logs = run_dir / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    print(f"backbone: {prepare_backbone(backbone_dir())}", flush=True)
     # Timings of earlier, interrupted invocations into the same run_dir are kept.
     timings_path = run_dir / "timings.json"
     timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
@@ -152,7 +141,8 @@ def main(argv: list[str] | None = None) -> int:
         eval_dir = run_dir / "eval" / slug
         if name in reused_evals and (args.demo_run / "eval" / reused_evals[name] / "metrics.json").is_file():
             eval_dir = args.demo_run / "eval" / reused_evals[name]
-        model_flags: list[str] = []
+        # the zero-shot variant evaluates the bare backbone (ABLATIONS leaves its --model to the caller)
+        model_flags: list[str] = ["--model", str(backbone_dir())] if "--zero_shot" in eval_extra else []
         if train_extra is not None:
             out = reused.get(name, run_dir / "stage2" / slug)
             if not (out / "merged" / "config.json").is_file():
@@ -161,11 +151,11 @@ def main(argv: list[str] | None = None) -> int:
             model_flags = ["--model", str(out / "merged")]
         if not (eval_dir / "metrics.json").is_file():
             timings[f"eval {name}"] = run(
-                [sys.executable, "evaluate_mllm_dr.py", *model_flags, *eval_extra, *eval_flags(settings, corpus),
+                ["mllm-dr-evaluate", *model_flags, *eval_extra, *eval_flags(settings, corpus),
                  "--output_dir", str(eval_dir)],
                 logs / f"eval_{slug}.log",
             )
-        timings_path.write_text(json.dumps(timings, indent=2))
+        write_json(timings_path, timings)
         results[name] = json.loads((eval_dir / "metrics.json").read_text())
         print(f"{name}: MAE {results[name]['mae']:.3f}", flush=True)
 
@@ -180,10 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         "results": results,
         "table": table,
     }
-    results_dir = ROOT / "benchmarks" / "results"
-    results_dir.mkdir(parents=True, exist_ok=True)
-    (results_dir / "ablations.json").write_text(json.dumps(output, indent=2, default=str))
-    (run_dir / "ablations.md").write_text(table + "\n")
+    write_json(RESULTS_DIR / "ablations.json", output)
+    write_text_atomic(run_dir / "ablations.md", table + "\n")
     print(table)
     return 0
 

@@ -34,12 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
+from _common import (
     RESULTS_DIR,
     current_rss_mb,
     machine_facts,
@@ -62,7 +57,7 @@ GOAL_MB = 2048.0
 
 
 def frames_at(seconds: float) -> dict[str, int]:
-    """Frames per modality of an interview (as ``make_synthetic_corpus.frame_counts``)."""
+    """Frames per modality of an interview (as ``mllm_dr.synthetic.frame_counts``)."""
     return {"audio": max(1, round(AUDIO_RATE * seconds)), "video": max(1, round(VIDEO_RATE * seconds))}
 
 
@@ -90,14 +85,11 @@ def worker(
     import datasets
     import numpy as np
 
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import make_synthetic_corpus as synth
-    from configuration_mllm_dr import MllmDrConfig
-    from corpora import build_feature_cache, load_edaic
-    from mllm_dr_training import MllmDrCollator
-    from processing_mllm_dr import MllmDrProcessor
-
+    import mllm_dr.synthetic as synth
     from _common import make_tokenizer
+    from configuration_mllm_dr import MllmDrConfig
+    from mllm_dr.data import MllmDrCollator, build_feature_cache, load_edaic
+    from processing_mllm_dr import MllmDrProcessor
 
     datasets.disable_progress_bars()
     stage("imports", began)
@@ -121,10 +113,14 @@ def worker(
     loaded = load_edaic(corpus_dir)
     stage("load_edaic", began)
 
-    cache_settings = dict(
-        audio_frame_policy="uniform", audio_max_frames=MAX_FRAMES, video_frame_policy="uniform",
-        video_max_frames=MAX_FRAMES, dtype="float16", progress=False,
-    )
+    # The paper preset's config: its frame policies (uniform, MAX_FRAMES frames) for the cache, and
+    # its token counts and dims for the collator's processor below.
+    config = MllmDrConfig.paper_preset()  # config only, no weights
+    for modality in ("audio", "video"):
+        expected = {"policy": "uniform", "max_frames": MAX_FRAMES}
+        if getattr(config, f"{modality}_config").frame_settings() != expected:
+            raise RuntimeError(f"the paper preset's {modality} frame policy is no longer {expected}: update MAX_FRAMES")
+    cache_settings = dict(frames=config, dtype="float16", progress=False)
     if per_participant_cache:  # each participant's files converted in its own call, timed apart
         for pid in per_pid:
             subset = {}
@@ -143,19 +139,19 @@ def worker(
     cache_bytes = _size(cache_dir)
     for split in cached.values():
         for pid, audio, video in zip(split["participant_id"], split["audio_cache"], split["video_cache"], strict=True):
-            per_pid[pid]["cache_files"] = sorted(set(per_pid[pid].get("cache_files", [])) | set(audio) | set(video))
+            files = {path for path in (audio, video) if path}  # one cached file per modality, None when missing
+            per_pid[pid]["cache_files"] = sorted(set(per_pid[pid].get("cache_files", [])) | files)
     for info in per_pid.values():
         info["cache_bytes"] = sum(Path(p).stat().st_size for p in info.pop("cache_files", []))
 
     # The rows: paths only. Arrow bytes vs the feature bytes they reference.
     rows = sum(len(s) for s in cached.values())
     arrow_bytes = sum(s.data.nbytes for s in cached.values())
-    referenced = {p for s in cached.values() for col in ("audio_cache", "video_cache") for ps in s[col] for p in ps}
+    referenced = {p for s in cached.values() for col in ("audio_cache", "video_cache") for p in s[col] if p}
     any_split = next(iter(cached.values()))
     array_columns = [name for name, feature in any_split.features.items() if "float" in str(feature)]
 
     # The collator over every row, shuffled, in batches: RSS after each batch.
-    config = MllmDrConfig.paper_preset()  # config only: token counts, dims and frame policies of the paper
     processor = MllmDrProcessor.from_config(make_tokenizer(), config, max_transcript_tokens=max_transcript_tokens)
     collator = MllmDrCollator(processor, mode="full", with_rationale=False, padding_side="right")
     everything = datasets.concatenate_datasets([s for s in cached.values() if len(s)])
@@ -267,7 +263,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         f"CPU: {m['cpu_model']} ({m['cpus_usable']} usable CPUs, load average "
         f"{', '.join(f'{v:.2f}' for v in m['load_average_1_5_15'] or [])} at start). Synthetic corpus "
-        "(`scripts/make_synthetic_corpus.py`, E-DAIC layout: HuBERT `.npy` float32 + ResNet `.mat` float32); "
+        "(`mllm_dr.synthetic`, E-DAIC layout: HuBERT `.npy` float32 + ResNet `.mat` float32); "
         "cache = uniform policy, 7000 frames, float16; collator = `MllmDrCollator` (mode `full`, score targets) with "
         "a real `MllmDrProcessor` (paper preset, in-process BPE tokenizer, "
         f"{a['collator']['max_transcript_tokens']} transcript tokens), rows shuffled, batches of "

@@ -3,8 +3,8 @@
 
 Why: evaluation writes a rationale for every (participant, PHQ item), 8 prompts per participant that
 share a long transcript. MLlm-DR's prompts are longer (feature placeholders), its prefill also runs
-the two LQ-formers and the MAA head, and ``evaluate_mllm_dr.py`` adds rendering, feature reading,
-decoding and strict parsing. Its prefix reuse (prefill the participant's shared system prompt +
+the two LQ-formers and the MAA head, and the evaluation (``mllm-dr-evaluate``) adds rendering,
+feature reading, decoding and strict parsing. Its prefix reuse (prefill the participant's shared system prompt +
 features + transcript once, copy the KV cache to the 8 items) should more than pay for all that.
 
 Compared on the same participants, the same batch size (8 = one participant's items), greedy
@@ -14,9 +14,9 @@ generate the same number of tokens whatever the text):
 * ``backbone``: ``AutoModelForCausalLM.from_pretrained(backbone).generate`` on the text-mode prompts
   the processor renders (left padded), timed with the processor call and the decoding;
 * ``mllm_dr``: an untrained MLlm-DR (``from_backbone``, demo-preset LQ-formers, mode ``full`` with
-  small random features) through ``evaluate_mllm_dr.generate_batch`` (what ``evaluate_mllm_dr.py``
-  runs per batch: feature reading, processor, generate, head score, decode, parse), with
-  ``--no_prefix_reuse`` and with prefix reuse (the default of ``evaluate_mllm_dr.py``).
+  small random features) through ``mllm_dr.inference.generate_items`` (what ``mllm-dr-evaluate``
+  runs per batch: feature reading, collator, generate, head score, decode, parse), with
+  ``--no_prefix_reuse`` and with prefix reuse (the default of ``mllm-dr-evaluate``).
 
 Reports items/s and new tokens/s per path and their ratios to the backbone, for a prefill-heavy
 (K=16) and a decode-heavy (K=64) setting. Goals: at least 0.9 of the backbone without prefix reuse,
@@ -40,8 +40,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _mllm_bench import (  # noqa: E402  (also puts the repository root on sys.path)
+import torch
+
+from _common import (
     machine_info,
     markdown_table,
     resolve_device,
@@ -55,43 +56,36 @@ from _mllm_bench import (  # noqa: E402  (also puts the repository root on sys.p
     write_features,
     write_json,
 )
-
-import torch  # noqa: E402
-
-import evaluate_mllm_dr  # noqa: E402
-from evaluate_mllm_dr import generate_batch, make_batches  # noqa: E402
-from modeling_mllm_dr import MllmDrForConditionalGeneration  # noqa: E402
-from processing_mllm_dr import MllmDrProcessor  # noqa: E402
-from train import ModelArguments, build_config_overrides  # noqa: E402
+from mllm_dr.inference import GenerationArguments, generate_items, head_is_trained, make_batches
+from mllm_dr.training import ModelArguments, build_config_overrides
+from modeling_mllm_dr import MllmDrForConditionalGeneration
+from processing_mllm_dr import MllmDrProcessor
 
 PATHS = ("backbone", "mllm_dr_no_reuse", "mllm_dr_reuse")
 PATH_NAMES = {
     "backbone": "plain backbone `generate` (text prompts)",
-    "mllm_dr_no_reuse": "MLlm-DR `generate_batch`, no prefix reuse",
-    "mllm_dr_reuse": "MLlm-DR `generate_batch`, prefix reuse",
+    "mllm_dr_no_reuse": "MLlm-DR `generate_items`, no prefix reuse",
+    "mllm_dr_reuse": "MLlm-DR `generate_items`, prefix reuse",
 }
 GOALS = {"mllm_dr_no_reuse": (0.9, ">="), "mllm_dr_reuse": (1.0, ">")}
-MODE = "full"  # what evaluate_mllm_dr.py uses for a stage-2 model with both modalities
+MODE = "full"  # what mllm-dr-evaluate uses for a stage-2 model with both modalities
 
 
 # ----------------------------------------------------------------------------- the two sides
-def evaluation_args(new_tokens: int, batch_size: int, prefix_reuse: bool) -> argparse.Namespace:
-    """``evaluate_mllm_dr.py``'s own argument namespace (its defaults), greedy, K new tokens."""
-    argv = ["--greedy", "--max_new_tokens", str(new_tokens), "--batch_size", str(batch_size)]
-    if not prefix_reuse:
-        argv.append("--no_prefix_reuse")
-    return evaluate_mllm_dr.parse_args(argv)
+def evaluation_args(new_tokens: int, batch_size: int, prefix_reuse: bool) -> GenerationArguments:
+    """The evaluation's generation settings (``mllm-dr-evaluate``'s defaults), greedy, K new tokens."""
+    return GenerationArguments(greedy=True, max_new_tokens=new_tokens, batch_size=batch_size, prefix_reuse=prefix_reuse)
 
 
 def force_new_tokens(model: MllmDrForConditionalGeneration, new_tokens: int) -> None:
-    """``generate_batch`` passes ``max_new_tokens``; the minimum comes from the model's generation
+    """``generate_items`` passes ``max_new_tokens``; the minimum comes from the model's generation
     config, so EOS cannot end an item early and both sides generate exactly K tokens."""
     model.generation_config.min_new_tokens = new_tokens
 
 
-def run_mllm_dr(model, processor, rows: list[dict[str, Any]], args: argparse.Namespace) -> tuple[int, list[str]]:
-    """One batch through evaluate_mllm_dr.generate_batch: (new tokens, generated texts)."""
-    records, counted = generate_batch(model, processor, rows, MODE, args)
+def run_mllm_dr(model, processor, rows: list[dict[str, Any]], settings: GenerationArguments) -> tuple[int, list[str]]:
+    """One batch through mllm_dr.inference.generate_items, as the evaluation runs it: (new tokens, generated texts)."""
+    records, counted = generate_items(model, processor, rows, MODE, settings, head_is_trained(model))
     return counted, [r["generated_text"] for r in records]
 
 
@@ -338,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
             pid = 300 + number
             participant = synthetic_participant(pid, args.seed)
             transcript = synthetic_transcript(participant, args.turns, args.seed)
-            transcript_tokens.append(len(processor._encode(transcript)))
+            transcript_tokens.append(len(processor.encode_text(transcript)))
             audio = write_features(
                 tmp_dir, f"{pid}_audio", args.audio_frames, processor.audio_feature_dim, args.seed + 2 * number
             )
@@ -352,14 +346,14 @@ def main(argv: list[str] | None = None) -> int:
                         "item_index": item.index,
                         "item_name": item.name,
                         "transcript": transcript,
-                        "audio_cache": [audio],
-                        "video_cache": [video],
+                        "audio_files": [audio],
+                        "video_files": [video],
                         "label": participant.score(item.index),
                         "total": participant.total,
                         "gender": participant.gender,
                     }
                 )
-        # With prefix reuse evaluate_mllm_dr.py never mixes participants in a batch; at 8 items per
+        # With prefix reuse the evaluation never mixes participants in a batch; at 8 items per
         # participant and batch 8 both groupings coincide, and every path sees the same batches.
         batches = make_batches(rows, args.batch_size, by_participant=True)
         lengths = prompt_lengths(processor, batches[0])

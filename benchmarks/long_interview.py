@@ -7,8 +7,8 @@ For each policy (``uniform`` = the default, ``truncate_maxpool`` = the authors',
 length) a FRESH worker process builds the paper preset's two LQ-formers and projectors (to a
 4096-dim LLM; the 8B LLM itself is never built), makes one interview's features and measures, per
 modality, the processor's feature preparation (``apply_frame_policy`` + float32 copy + finiteness
-check + padding, i.e. ``MllmDrProcessor._prepare_features``) and the LQ-former + projector forward
-under ``torch.inference_mode``: median of ``--repeats`` runs after one warm-up. Peak memory is the
+check + padding, i.e. ``MllmDrProcessor.pad_features`` on the raw arrays) and the LQ-former +
+projector forward under ``torch.inference_mode``: median of ``--repeats`` runs after one warm-up. Peak memory is the
 worker's ``ru_maxrss``, next to its RSS right after imports + model build + feature creation.
 
     python benchmarks/long_interview.py            # full: 20 min, 5 repeats, all three policies
@@ -26,12 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from _common import (  # noqa: E402
+from _common import (
     RESULTS_DIR,
     current_rss_mb,
     machine_facts,
@@ -60,11 +55,10 @@ def worker(policy: str, seconds: float, repeats: int, source: str, threads: int 
     import numpy as np
     import torch
 
+    from _common import make_tokenizer
     from configuration_mllm_dr import MllmDrConfig
     from modeling_mllm_dr import LQFormer, MllmDrProjector
     from processing_mllm_dr import MllmDrProcessor
-
-    from _common import make_tokenizer
 
     if threads:
         torch.set_num_threads(threads)
@@ -110,7 +104,8 @@ def worker(policy: str, seconds: float, repeats: int, source: str, threads: int 
     def once(modality: str) -> tuple[float, float, int, list[int]]:
         lqformer, projector = modules[modality]
         t0 = time.perf_counter()
-        padded, mask = processor._prepare_features(modality, [features[modality]], 1)
+        # the raw interview through the processor: frame policy, float32 copy, checks, padding
+        padded, mask = processor.pad_features(modality, [features[modality]], 1, frames_reduced=False)
         t1 = time.perf_counter()
         with torch.inference_mode():
             out = projector(lqformer(padded, mask))
@@ -211,7 +206,7 @@ def render(result: dict[str, Any]) -> str:
         "",
         table,
         "",
-        "Times are seconds for one interview (batch 1): `prep` = `MllmDrProcessor._prepare_features` (frame policy, "
+        "Times are seconds for one interview (batch 1): `prep` = `MllmDrProcessor.pad_features` (frame policy, "
         "float32 copy, finiteness check, padding), `LQ` = LQ-former + projector forward under `torch.inference_mode`. "
         "RSS after build = the worker's RSS after imports, model build and feature creation (the input arrays count "
         f"there when in memory: {sum(first['modalities'][m]['input_mb'] for m in ('audio', 'video')):.0f} "

@@ -42,41 +42,33 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _mllm_bench import (  # noqa: E402  (also puts the repository root on sys.path)
-    SMOLLM2_DIR,
+import torch
+from torch import nn
+
+from _common import (
     machine_info,
+    make_tokenizer,
     markdown_table,
     resolve_device,
     result_path,
     set_threads,
     smollm2_backbone,
+    smollm2_dir,
     summary,
     sync,
     synthetic_participant,
     synthetic_rationale,
     synthetic_transcript,
     tiny_backbone,
-    tiny_tokenizer,
     write_features,
     write_json,
 )
-
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from configuration_mllm_dr import MllmDrConfig  # noqa: E402
-from mllm_dr_training import (  # noqa: E402
-    DEFAULT_LORA_TARGET,
-    MllmDrCollator,
-    apply_lora,
-    parameter_group,
-    precompute_modality_embeddings,
-    read_feature_arrays,
-)
-from modeling_mllm_dr import MllmDrForConditionalGeneration  # noqa: E402
-from processing_mllm_dr import MllmDrProcessor  # noqa: E402
-from train import ModelArguments, build_config_overrides  # noqa: E402
+from configuration_mllm_dr import MllmDrConfig
+from mllm_dr.checkpoints import DEFAULT_LORA_TARGET, apply_lora
+from mllm_dr.data import MllmDrCollator, read_features
+from mllm_dr.training import ModelArguments, build_config_overrides, parameter_group, precompute_modality_embeddings
+from modeling_mllm_dr import MllmDrForConditionalGeneration
+from processing_mllm_dr import MllmDrProcessor
 
 GOAL_RATIO = 1.10
 PAPER_RATIO = 3.0 / 2.5
@@ -103,9 +95,10 @@ def paper_tokenizer(path: str | None):
 
     if path:
         return AutoTokenizer.from_pretrained(path), str(path)
-    if (SMOLLM2_DIR / "tokenizer.json").is_file():
-        return AutoTokenizer.from_pretrained(str(SMOLLM2_DIR)), str(SMOLLM2_DIR)
-    return tiny_tokenizer(), "in-process byte-level BPE (~400 tokens)"
+    smollm2 = smollm2_dir()
+    if (smollm2 / "tokenizer.json").is_file():
+        return AutoTokenizer.from_pretrained(str(smollm2)), str(smollm2)
+    return make_tokenizer(), "in-process byte-level BPE (~400 tokens)"
 
 
 def build_model(
@@ -554,7 +547,7 @@ def main(argv: list[str] | None = None) -> int:
 
         participant = synthetic_participant(300, args.seed)
         transcript = synthetic_transcript(participant, args.turns, args.seed)
-        transcript_tokens = len(processor._encode(transcript))
+        transcript_tokens = len(processor.encode_text(transcript))
         audio_path = write_features(tmp_dir, "300_audio", audio_frames, audio_cfg.feature_dim, args.seed)
         video_path = write_features(tmp_dir, "300_video", video_frames, video_cfg.feature_dim, args.seed + 1)
         items = [(i % 8) + 1 for i in range(args.batch_size)]
@@ -566,8 +559,8 @@ def main(argv: list[str] | None = None) -> int:
                 "transcript": transcript,
                 "label": participant.score(item),
                 "rationale": synthetic_rationale(participant, item),
-                "audio_cache": [audio_path],
-                "video_cache": [video_path],
+                "audio_files": [audio_path],
+                "video_files": [video_path],
             }
             for item in items
         ]
@@ -621,8 +614,8 @@ def main(argv: list[str] | None = None) -> int:
         prompt_features = processor(  # an evaluation prefill: the prompt only, left padded
             [r["transcript"] for r in rows],
             items,
-            audio_features=[read_feature_arrays(r["audio_cache"]) for r in rows],
-            video_features=[read_feature_arrays(r["video_cache"]) for r in rows],
+            audio_features=[read_features(r["audio_files"]) for r in rows],
+            video_features=[read_features(r["video_files"]) for r in rows],
             mode="full",
             padding_side="left",
         )

@@ -13,10 +13,19 @@ holds everything around them, in layers (a layer imports only the ones below it)
 * ``mllm_dr.io`` (atomic writes), the model files
 """
 
+from transformers import AutoConfig, AutoModel, AutoProcessor
+
 from configuration_mllm_dr import LQFormerConfig, MllmDrConfig
 from modeling_mllm_dr import MllmDrForConditionalGeneration
 from processing_mllm_dr import MllmDrProcessor
 
 __version__ = "0.1.0.dev0"
+
+# The installed classes are known to the Auto classes, so that loading an MLlm-DR folder without
+# trust_remote_code uses them instead of asking whether to run the folder's own copy.
+AutoConfig.register(MllmDrConfig.model_type, MllmDrConfig, exist_ok=True)
+AutoConfig.register(LQFormerConfig.model_type, LQFormerConfig, exist_ok=True)
+AutoModel.register(MllmDrConfig, MllmDrForConditionalGeneration, exist_ok=True)
+AutoProcessor.register(MllmDrConfig, MllmDrProcessor, exist_ok=True)
 
 __all__ = ["LQFormerConfig", "MllmDrConfig", "MllmDrForConditionalGeneration", "MllmDrProcessor", "__version__"]

@@ -1,19 +1,20 @@
-"""The demo's recipe (scripts/run_demo.py) and the ablation benchmark that reuses it."""
+"""The demo's recipe (mllm_dr.demo, mllm-dr-demo) and the ablation benchmark that reuses it."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT
 
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "benchmarks"))
+from mllm_dr import demo
+from mllm_dr.commands import demo as demo_cli
+from mllm_dr.commands import train
 
-import ablations  # noqa: E402
-import run_demo  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def flag(command: list[str], name: str) -> str:
@@ -21,20 +22,41 @@ def flag(command: list[str], name: str) -> str:
 
 
 def test_stage_commands_share_one_recipe(tmp_path):
-    settings = run_demo.DemoSettings(seed=3, bf16=True)
+    settings = demo.DemoSettings(seed=3, precision="bf16")
     corpus = tmp_path / "corpus"
-    full = run_demo.stage2_command(settings, corpus, tmp_path / "s2", tmp_path / "s1")
-    text_only = run_demo.stage2_command(settings, corpus, tmp_path / "t", None, ["--text_only"])
-    assert flag(full, "--init_from") == str(tmp_path / "s1") and "--backbone" not in full
-    assert flag(text_only, "--backbone") == str(run_demo.BACKBONE_CACHE) and "--init_from" not in text_only
+    full = demo.stage2_command(settings, corpus, tmp_path / "s2", tmp_path / "s1")
+    text_only = demo.stage2_command(settings, corpus, tmp_path / "t", None, ["--text_only"])
+    assert full[0] == "mllm-dr-train" and flag(full, "--init_from") == str(tmp_path / "s1") and "--backbone" not in full
+    assert flag(text_only, "--backbone") == str(demo.backbone_dir()) and "--init_from" not in text_only
     for command in (full, text_only):  # an ablation differs from the full model only in its own flags
         for name in ("--lora_learning_rate", "--head_learning_rate", "--num_train_epochs", "--seed", "--data_dir"):
             assert flag(command, name) == flag(full, name)
         assert "--bf16" in command and "--no_final_dev_eval" in command
     assert flag(full, "--seed") == "3"
-    assert "--bf16" not in run_demo.stage1_command(run_demo.DemoSettings(bf16=False), corpus, tmp_path / "s1")
-    assert flag(run_demo.eval_flags(settings, corpus), "--dtype") == "bfloat16"
-    assert flag(run_demo.eval_flags(run_demo.DemoSettings(), corpus), "--dtype") == "float32"
+    assert "--bf16" not in demo.stage1_command(demo.DemoSettings(precision="fp32"), corpus, tmp_path / "s1")
+    assert flag(demo.eval_flags(settings, corpus), "--dtype") == "bfloat16"
+    assert flag(demo.eval_flags(demo.DemoSettings(precision="fp32"), corpus), "--dtype") == "float32"
+
+
+def test_settings_record_the_resolved_precision_and_read_old_runs():
+    resolved = demo.DemoSettings(precision="auto").resolved()
+    assert resolved.precision in ("bf16", "fp32") and resolved.bf16 == (resolved.precision == "bf16")
+    assert demo.DemoSettings.from_json(dataclasses.asdict(resolved)) == resolved
+    old = {"participants": 60, "seconds": 4.0, "turns": 6, "phrasings": 1, "seed": 0, "batch_size": 8,
+           "stage1_steps": 30, "stage2_epochs": 2.0, "max_new_tokens": 96, "eval_participants": None, "bf16": True}
+    read = demo.DemoSettings.from_json(old)  # a run from before `precision` and the probe
+    assert read.precision == "bf16" and read.alignment_probe_weight == 0.0 and read.stage1_steps == 30
+
+
+def test_every_demo_step_is_an_installed_console_script(tmp_path):
+    settings = demo.DemoSettings()
+    commands = [
+        demo.corpus_command(settings, tmp_path), demo.stage1_command(settings, tmp_path, tmp_path),
+        demo.stage2_command(settings, tmp_path, tmp_path, tmp_path),
+    ]  # fmt: skip
+    for command in commands:
+        resolved = demo.resolve_command(command)
+        assert Path(resolved[0]).is_file() and Path(resolved[0]).name == command[0]
 
 
 def test_summary_table_adds_the_head_only_row(tmp_path):
@@ -46,7 +68,7 @@ def test_summary_table_adds_the_head_only_row(tmp_path):
          "head_only": {"ccc": 0.6, "rmse": 3.5, "mae": 2.5, "f1": 0.4}}
     ))
     (mean / "metrics.json").write_text(json.dumps({"ccc": 0.0, "rmse": 6.0, "mae": 5.0, "f1": 0.0, "format_failure_rate": None}))
-    table = run_demo.summary_table({"MLlm-DR (text score, head fallback)": trained, "train-mean": mean})
+    table = demo.summary_table({"MLlm-DR (text score, head fallback)": trained, "train-mean": mean})
     lines = table.splitlines()
     assert lines[2].startswith("| MLlm-DR (text score, head fallback) | 0.500 |")
     assert lines[3] == "| MLlm-DR, MAA head score alone | 0.600 | 3.500 | 2.500 | 0.400 | n/a |"
@@ -54,16 +76,19 @@ def test_summary_table_adds_the_head_only_row(tmp_path):
 
 
 def test_ablations_refuse_unknown_variants_and_unfinished_demo_runs(tmp_path):
-    with pytest.raises(SystemExit, match="unknown variants"):
-        ablations.main(["--run_dir", str(tmp_path / "a"), "--variants", "w/o everything"])
-    demo = tmp_path / "demo"
-    demo.mkdir()
-    (demo / "settings.json").write_text(json.dumps({"participants": 60, "seconds": 4.0, "turns": 6, "phrasings": 1,
-                                                    "seed": 0, "batch_size": 8, "stage1_steps": 30,
-                                                    "stage2_epochs": 2.0, "max_new_tokens": 96,
-                                                    "eval_participants": None, "bf16": False}))
-    with pytest.raises(SystemExit, match="is missing"):
-        ablations.main(["--run_dir", str(tmp_path / "b"), "--demo_run", str(demo)])
+    script = str(ROOT / "benchmarks" / "ablations.py")
+    done = subprocess.run([sys.executable, script, "--run_dir", str(tmp_path / "a"), "--variants", "w/o everything"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "unknown variants" in done.stderr
+    demo_run = tmp_path / "demo"
+    demo_run.mkdir()
+    (demo_run / "settings.json").write_text(json.dumps({"participants": 60, "seconds": 4.0, "turns": 6, "phrasings": 1,
+                                                        "seed": 0, "batch_size": 8, "stage1_steps": 30,
+                                                        "stage2_epochs": 2.0, "max_new_tokens": 96,
+                                                        "eval_participants": None, "bf16": False}))
+    done = subprocess.run([sys.executable, script, "--run_dir", str(tmp_path / "b"), "--demo_run", str(demo_run)],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode != 0 and "is missing" in done.stderr
 
 
 def test_demo_never_writes_into_a_used_run_folder(tmp_path):
@@ -71,33 +96,28 @@ def test_demo_never_writes_into_a_used_run_folder(tmp_path):
     used.mkdir()
     (used / "summary.md").write_text("an earlier run")
     with pytest.raises(SystemExit, match="not empty"):
-        run_demo.main(["--run_dir", str(used), "--precision", "fp32"])
+        demo_cli.main(["--run_dir", str(used), "--precision", "fp32"])
     assert (used / "summary.md").read_text() == "an earlier run"
     assert sorted(p.name for p in used.iterdir()) == ["summary.md"]
 
 
 def test_every_ablation_variant_names_existing_train_flags():
-    import train
-
     known = set()
-    for dataclass_type in (train.ModelArguments, train.DataArguments, train.MllmDrTrainingArguments):
-        for field in dataclass_type.__dataclass_fields__.values():
+    for dataclass_type in train.ARGUMENTS:
+        for field in dataclasses.fields(dataclass_type):
             known |= {f"--{field.name}", f"--no_{field.name}"}
-    for name, (_, train_flags, _) in ablations.VARIANTS.items():
+    for name, (_, train_flags, _) in demo.ABLATIONS.items():
         for item in train_flags or []:
-            assert item in known, f"{name}: {item} is not a train.py flag"
-    assert Path(ablations.__file__).parent.name == "benchmarks"
+            assert item in known, f"{name}: {item} is not a training flag"
 
 
 def test_the_probe_ablation_trains_the_papers_stage_1_with_the_same_recipe(tmp_path):
-    from dataclasses import replace
-
-    settings = run_demo.DemoSettings()
+    settings = demo.DemoSettings()
     assert settings.alignment_probe_weight > 0  # the demo uses the probe, so the ablation has something to remove
-    assert set(ablations.OWN_STAGE1) <= set(ablations.VARIANTS)
-    folder, changes = ablations.OWN_STAGE1["w/o probe (paper's stage 1)"]
-    with_probe = run_demo.stage1_command(settings, tmp_path / "c", tmp_path / "s1")
-    without = run_demo.stage1_command(replace(settings, **changes), tmp_path / "c", tmp_path / folder)
+    assert set(demo.OWN_STAGE1) <= set(demo.ABLATIONS)
+    folder, changes = demo.OWN_STAGE1["w/o probe (paper's stage 1)"]
+    with_probe = demo.stage1_command(settings, tmp_path / "c", tmp_path / "s1")
+    without = demo.stage1_command(dataclasses.replace(settings, **changes), tmp_path / "c", tmp_path / folder)
     assert float(flag(with_probe, "--alignment_probe_weight")) == settings.alignment_probe_weight
     assert float(flag(without, "--alignment_probe_weight")) == 0.0
     differing = {a for a, b in zip(with_probe, without) if a != b}

@@ -390,3 +390,34 @@ def test_stage1_alignment_probe_trains_and_stage2_drops_it(backbone_dir, corpus,
     assert json.loads((s2 / "merged" / "config.json").read_text())["alignment_probe_items"] == 0
     model, _ = load_adapter_export(s2 / "adapter")
     assert model.get_base_model().alignment_probe is None
+
+
+def test_exports_carry_every_config_field_without_a_hand_kept_list(backbone_dir, tmp_path):
+    from mllm_dr.checkpoints import export_adapter, export_merged
+
+    model, processor = build_tiny(backbone_dir, seed=2, score_head_dropout=0.25)
+    model.config.added_for_this_test = {"answer": 42}  # a field no list anywhere knows about
+    model.config.score_head_trained = True
+    export_adapter(model, processor, tmp_path / "adapter", str(backbone_dir))
+    reloaded, _ = load_adapter_export(tmp_path / "adapter")
+    assert reloaded.config.added_for_this_test == {"answer": 42}
+    assert reloaded.config.score_head_dropout == 0.25 and reloaded.config.score_head_trained is True
+    assert reloaded.config.audio_config.to_dict() == model.config.audio_config.to_dict()
+    from transformers import AutoModel
+
+    export_merged(reloaded, processor, tmp_path / "merged")
+    merged = AutoModel.from_pretrained(tmp_path / "merged")  # the installed classes (registered by mllm_dr)
+    assert merged.config.added_for_this_test == {"answer": 42}
+
+
+def test_learning_rate_is_refused_with_the_group_flags_named(backbone_dir, corpus, tmp_path):
+    with pytest.raises(SystemExit, match=r"--learning_rate is not used.*--lora_learning_rate.*--lqformer_learning_rate"):
+        train.main(["--stage", "1", "--backbone", str(backbone_dir), "--output_dir", str(tmp_path / "x"),
+                    "--learning_rate", "1e-3", *common_args(corpus)])
+    assert not (tmp_path / "x").exists()
+
+
+def test_an_option_of_another_corpus_is_refused(backbone_dir, corpus, tmp_path):
+    with pytest.raises(SystemExit, match="--cmdc_split does not apply to --dataset_format prepared"):
+        train.main(["--stage", "1", "--backbone", str(backbone_dir), "--output_dir", str(tmp_path / "x"),
+                    "--cmdc_split", "fold2", *common_args(corpus)])

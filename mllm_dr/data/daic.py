@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import re
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +160,59 @@ def _gender(table: Table, row: dict[str, str]) -> str | None:
     return (row.get(column) or "").strip() or None if column else None
 
 
+def _load_participants(
+    corpus: str,
+    root: Path,
+    tables: dict[str, Table],
+    transcript_of: Callable[[Path, str], str],
+    labels_of: Callable[[str, Table, dict[str, str]], tuple[dict[int, int | None], int | None]],
+    features: dict[str, Any],
+    *,
+    on_error: str,
+    rationales_path: str | os.PathLike | None,
+    report: LoadReport,
+    notes: Notes,
+    return_report: bool,
+    note_unlabelled: bool,
+):
+    """The participant loop both DAIC-family loaders share: split membership, folder, transcript,
+    labels (``labels_of``), total, feature files, rows; a broken participant goes to ``on_error``."""
+    membership = split_membership(tables)
+    folders = participant_folders(root)
+    _note_unlisted_folders(folders, membership, notes)
+    rows: list[dict[str, Any]] = []
+    for pid in sorted(membership, key=natural_key):
+        split = membership[pid][0]
+        table = tables[split]
+        try:
+            if len(membership[pid]) > 1:
+                raise Broken(table.path, f"participant is listed in several split files: {membership[pid]}")
+            table_row = table.row(pid) or {}
+            folder = _participant_dir(folders, root, pid, table.path)
+            transcript = transcript_of(folder, pid)
+            labels, total = labels_of(pid, table, table_row)
+            if total is None and all(v is not None for v in labels.values()):
+                total = sum(labels.values())
+            audio = feature_reference(
+                folder, features["audio_pattern"], pid, features["audio_dim"], features["require_audio"], "audio", notes
+            )
+            video = feature_reference(
+                folder, features["video_pattern"], pid, features["video_dim"], features["require_video"], "video", notes
+            )
+        except Broken as error:
+            fail(report, on_error, pid, error)
+            continue
+        if note_unlabelled and all(v is None for v in labels.values()):
+            notes.add(f"no item labels ({split} split)", pid)
+        note_total_mismatch(labels, total, pid, notes)
+        rows += participant_rows(
+            participant_id=pid, items=PHQ8_ITEMS, transcript=lambda _i, t=transcript: t, labels=labels, total=total,
+            audio=lambda _i, a=audio: list(a), video=lambda _i, v=video: list(v), split=split,
+            gender=_gender(table, table_row), corpus=corpus,
+        )  # fmt: skip
+    return finish_load(rows, rationales_path, report, notes, return_report)
+
+
 # --------------------------------------------------------------------------------------------- E-DAIC-WOZ
 def load_edaic(
     data_dir: str | os.PathLike,
@@ -206,63 +259,39 @@ def load_edaic(
         table = read_table(path, key)
         item_sources.append((table, _phq8_item_columns(table)))
 
-    membership = split_membership(split_tables)
-    folders = participant_folders(root)
-    _note_unlisted_folders(folders, membership, notes)
-    rows: list[dict[str, Any]] = []
-    for pid in sorted(membership, key=natural_key):
-        split = membership[pid][0]
-        split_table = split_tables[split]
-        try:
-            if len(membership[pid]) > 1:
-                raise Broken(split_table.path, f"participant is listed in several split files: {membership[pid]}")
-            split_row = split_table.row(pid) or {}
-            folder = _participant_dir(folders, root, pid, split_table.path)
-            transcript = edaic_transcript(folder / f"{pid}_Transcript.csv")
-            labels: dict[int, int | None] = {item.index: None for item in PHQ8_ITEMS}
-            total = parse_score(
-                split_row.get(find_column(split_table.header, ["PHQ_Score", "PHQ8_Score"]) or ""),
-                "PHQ_Score",
-                0,
-                24,
-                split_table.path,
-            )
-            for table, columns in item_sources:
-                label_row = table.row(pid)
-                if label_row is None:
+    def labels_of(pid: str, split_table: Table, split_row: dict[str, str]):
+        labels: dict[int, int | None] = {item.index: None for item in PHQ8_ITEMS}
+        total_column = find_column(split_table.header, ["PHQ_Score", "PHQ8_Score"]) or ""
+        total = parse_score(split_row.get(total_column), "PHQ_Score", 0, 24, split_table.path)
+        for table, columns in item_sources:
+            label_row = table.row(pid)
+            if label_row is None:
+                continue
+            for item, column in columns.items():
+                value = parse_score(label_row[column], f"item label {column}", 0, 3, table.path)
+                if value is None:
                     continue
-                for item, column in columns.items():
-                    value = parse_score(label_row[column], f"item label {column}", 0, 3, table.path)
-                    if value is None:
-                        continue
-                    if labels[item] is None:
-                        labels[item] = value
-                    elif labels[item] != value:
-                        notes.add(
-                            "item labels differ between Detailed_PHQ8_Labels.csv and detailed_lables.csv "
-                            "(Detailed_PHQ8_Labels.csv kept)",
-                            pid,
-                        )
-                if total is None:
-                    total_column = find_column(table.header, ["PHQ_8Total", "PHQ8_Total", "PHQ8_Score"])
-                    if total_column:
-                        total = parse_score(label_row[total_column], total_column, 0, 24, table.path)
-            if total is None and all(v is not None for v in labels.values()):
-                total = sum(labels.values())
-            audio = feature_reference(folder, audio_pattern, pid, audio_dim, require_audio, "audio", notes)
-            video = feature_reference(folder, video_pattern, pid, video_dim, require_video, "video", notes)
-        except Broken as error:
-            fail(report, on_error, pid, error)
-            continue
-        if all(v is None for v in labels.values()):
-            notes.add(f"no item labels ({split} split)", pid)
-        note_total_mismatch(labels, total, pid, notes)
-        rows += participant_rows(
-            participant_id=pid, items=PHQ8_ITEMS, transcript=lambda _i, t=transcript: t, labels=labels, total=total,
-            audio=lambda _i, a=audio: list(a), video=lambda _i, v=video: list(v), split=split,
-            gender=_gender(split_table, split_row), corpus="edaic",
-        )  # fmt: skip
-    return finish_load(rows, rationales_path, report, notes, return_report)
+                if labels[item] is None:
+                    labels[item] = value
+                elif labels[item] != value:
+                    notes.add(
+                        "item labels differ between Detailed_PHQ8_Labels.csv and detailed_lables.csv "
+                        "(Detailed_PHQ8_Labels.csv kept)",
+                        pid,
+                    )
+            if total is None:
+                column = find_column(table.header, ["PHQ_8Total", "PHQ8_Total", "PHQ8_Score"])
+                if column:
+                    total = parse_score(label_row[column], column, 0, 24, table.path)
+        return labels, total
+
+    return _load_participants(
+        "edaic", root, split_tables, lambda folder, pid: edaic_transcript(folder / f"{pid}_Transcript.csv"), labels_of,
+        dict(audio_pattern=audio_pattern, video_pattern=video_pattern, audio_dim=audio_dim, video_dim=video_dim,
+             require_audio=require_audio, require_video=require_video),
+        on_error=on_error, rationales_path=rationales_path, report=report, notes=notes, return_report=return_report,
+        note_unlabelled=True,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------- DAIC-WOZ
@@ -306,36 +335,19 @@ def load_daic_woz(
         "dev": read_table(_require_label_file(root, "dev_split_Depression_AVEC2017.csv"), key),
         "test": read_table(test_path, key),
     }
-    item_columns = {split: _phq8_item_columns(tables[split]) for split in ("train", "dev")}
-    membership = split_membership(tables)
-    folders = participant_folders(root)
-    _note_unlisted_folders(folders, membership, notes)
-    rows: list[dict[str, Any]] = []
-    for pid in sorted(membership, key=natural_key):
-        split = membership[pid][0]
-        table = tables[split]
-        try:
-            if len(membership[pid]) > 1:
-                raise Broken(table.path, f"participant is listed in several split files: {membership[pid]}")
-            label_row = table.row(pid) or {}
-            folder = _participant_dir(folders, root, pid, table.path)
-            transcript = daic_transcript(folder / f"{pid}_TRANSCRIPT.csv")
-            labels = {item.index: None for item in PHQ8_ITEMS}
-            for item, column in item_columns.get(split, {}).items():
-                labels[item] = parse_score(label_row[column], f"item label {column}", 0, 3, table.path)
-            total_column = find_column(table.header, ["PHQ8_Score", "PHQ_Score", "PHQ8_Total"])
-            total = parse_score(label_row.get(total_column or ""), total_column or "total", 0, 24, table.path)
-            if total is None and all(v is not None for v in labels.values()):
-                total = sum(labels.values())
-            audio = feature_reference(folder, audio_pattern, pid, audio_dim, require_audio, "audio", notes)
-            video = feature_reference(folder, video_pattern, pid, video_dim, require_video, "video", notes)
-        except Broken as error:
-            fail(report, on_error, pid, error)
-            continue
-        note_total_mismatch(labels, total, pid, notes)
-        rows += participant_rows(
-            participant_id=pid, items=PHQ8_ITEMS, transcript=lambda _i, t=transcript: t, labels=labels, total=total,
-            audio=lambda _i, a=audio: list(a), video=lambda _i, v=video: list(v), split=split,
-            gender=_gender(table, label_row), corpus="daic",
-        )  # fmt: skip
-    return finish_load(rows, rationales_path, report, notes, return_report)
+    item_columns = {tables[split].path: _phq8_item_columns(tables[split]) for split in ("train", "dev")}
+
+    def labels_of(pid: str, table: Table, label_row: dict[str, str]):
+        labels: dict[int, int | None] = {item.index: None for item in PHQ8_ITEMS}
+        for item, column in item_columns.get(table.path, {}).items():
+            labels[item] = parse_score(label_row[column], f"item label {column}", 0, 3, table.path)
+        total_column = find_column(table.header, ["PHQ8_Score", "PHQ_Score", "PHQ8_Total"])
+        return labels, parse_score(label_row.get(total_column or ""), total_column or "total", 0, 24, table.path)
+
+    return _load_participants(
+        "daic", root, tables, lambda folder, pid: daic_transcript(folder / f"{pid}_TRANSCRIPT.csv"), labels_of,
+        dict(audio_pattern=audio_pattern, video_pattern=video_pattern, audio_dim=audio_dim, video_dim=video_dim,
+             require_audio=require_audio, require_video=require_video),
+        on_error=on_error, rationales_path=rationales_path, report=report, notes=notes, return_report=return_report,
+        note_unlabelled=False,
+    )  # fmt: skip

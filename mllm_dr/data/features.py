@@ -55,14 +55,7 @@ def _shape(path: Path) -> tuple[int | None, int]:
     header row for OpenFace CSVs (frames unknown there: ``None``)."""
     suffix = path.suffix.lower()
     if suffix == ".npy":
-        try:
-            array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as error:
-            raise Broken(path, f"not a plain numeric .npy array ({error})") from None
-        shape = array.shape
-        del array
-        if len(shape) == 1:
-            shape = (1, shape[0])
+        shape = open_feature(path).shape  # a memory map: only the header is read
     elif suffix == ".mat":
         shape = _mat_shape(path)
     elif suffix in (".csv", ".txt"):
