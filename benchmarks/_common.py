@@ -2,9 +2,9 @@
 backbones (the real SmolLM2 one, or a tiny random one for ``--quick``), synthetic inputs, Markdown
 and JSON output.
 
-A benchmark runs as ``python benchmarks/<name>.py``, so Python puts ``benchmarks/`` on ``sys.path``
-and ``from _common import ...`` finds this module; the project itself is the installed package
-(``mllm_dr`` and the model files), imported like a user would.
+A benchmark runs as ``python benchmarks/<name>.py``: Python puts the script's folder on the module
+search path, so ``from _common import ...`` finds this module; the project itself is the installed
+package (``mllm_dr`` and the model files), imported as a user would.
 
 Light on purpose: importing this module imports neither numpy nor torch nor ``mllm_dr`` (whose
 ``__init__`` loads the model, hence torch); the helpers that need them import them when called. On

@@ -27,7 +27,6 @@ import time
 from dataclasses import asdict, replace
 from pathlib import Path
 
-from _common import RESULTS_DIR, write_json
 from mllm_dr.backbones import prepare_backbone
 from mllm_dr.demo import (
     ABLATIONS,
@@ -42,6 +41,8 @@ from mllm_dr.demo import (
     stage2_command,
 )
 from mllm_dr.io import write_text_atomic
+
+from _common import RESULTS_DIR, write_json
 
 AUDIO_ITEMS, VIDEO_ITEMS, TEXT_ITEMS = (4, 8), (5, 7), (1, 2, 3, 6)
 

@@ -86,10 +86,11 @@ def worker(
     import numpy as np
 
     import mllm_dr.synthetic as synth
-    from _common import make_tokenizer
     from configuration_mllm_dr import MllmDrConfig
     from mllm_dr.data import MllmDrCollator, build_feature_cache, load_edaic
     from processing_mllm_dr import MllmDrProcessor
+
+    from _common import make_tokenizer
 
     datasets.disable_progress_bars()
     stage("imports", began)

@@ -42,6 +42,11 @@ from typing import Any
 
 import torch
 
+from mllm_dr.inference import GenerationArguments, generate_items, head_is_trained, make_batches
+from mllm_dr.training import ModelArguments, build_config_overrides
+from modeling_mllm_dr import MllmDrForConditionalGeneration
+from processing_mllm_dr import MllmDrProcessor
+
 from _common import (
     machine_info,
     markdown_table,
@@ -56,10 +61,6 @@ from _common import (
     write_features,
     write_json,
 )
-from mllm_dr.inference import GenerationArguments, generate_items, head_is_trained, make_batches
-from mllm_dr.training import ModelArguments, build_config_overrides
-from modeling_mllm_dr import MllmDrForConditionalGeneration
-from processing_mllm_dr import MllmDrProcessor
 
 PATHS = ("backbone", "mllm_dr_no_reuse", "mllm_dr_reuse")
 PATH_NAMES = {

@@ -55,10 +55,11 @@ def worker(policy: str, seconds: float, repeats: int, source: str, threads: int 
     import numpy as np
     import torch
 
-    from _common import make_tokenizer
     from configuration_mllm_dr import MllmDrConfig
     from modeling_mllm_dr import LQFormer, MllmDrProjector
     from processing_mllm_dr import MllmDrProcessor
+
+    from _common import make_tokenizer
 
     if threads:
         torch.set_num_threads(threads)

@@ -45,6 +45,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from configuration_mllm_dr import MllmDrConfig
+from mllm_dr.checkpoints import DEFAULT_LORA_TARGET, apply_lora
+from mllm_dr.data import MllmDrCollator, read_features
+from mllm_dr.training import ModelArguments, build_config_overrides, parameter_group, precompute_modality_embeddings
+from modeling_mllm_dr import MllmDrForConditionalGeneration
+from processing_mllm_dr import MllmDrProcessor
+
 from _common import (
     machine_info,
     make_tokenizer,
@@ -63,12 +70,6 @@ from _common import (
     write_features,
     write_json,
 )
-from configuration_mllm_dr import MllmDrConfig
-from mllm_dr.checkpoints import DEFAULT_LORA_TARGET, apply_lora
-from mllm_dr.data import MllmDrCollator, read_features
-from mllm_dr.training import ModelArguments, build_config_overrides, parameter_group, precompute_modality_embeddings
-from modeling_mllm_dr import MllmDrForConditionalGeneration
-from processing_mllm_dr import MllmDrProcessor
 
 GOAL_RATIO = 1.10
 PAPER_RATIO = 3.0 / 2.5

@@ -12,7 +12,6 @@ stage 1 that learned its job beats the train mean on those. Writes nothing unles
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 

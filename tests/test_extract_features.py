@@ -1,4 +1,4 @@
-"""extract_features.py on a tiny random HuBERT and real (espeak-ng) or synthesized speech."""
+"""mllm_dr.extraction / mllm-dr-extract-features on a tiny random HuBERT and real (espeak-ng) or synthesized speech."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def test_edaic_nested_folders_at_root(hubert_dir, tmp_path):
     (root / "404_P" / "404_P" / "features").mkdir(parents=True)  # wav outside, features inside
     jobs, missing = ef.find_audio_jobs(root, "edaic")
     assert missing == []
-    # the innermost <ID>_P is the participant folder, where corpora.py looks for features/
+    # the innermost <ID>_P is the participant folder, where the loaders look for features/
     assert {job.key: job.output for job in jobs} == {
         "402": root / "402_P" / "402_P" / "features" / "402_HuBERT.npy",
         "403": root / "403_P" / "features" / "403_HuBERT.npy",

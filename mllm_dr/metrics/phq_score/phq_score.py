@@ -84,7 +84,7 @@ Returns:
     f1_ci95 ([low, high] or None), cutoff, n_participants, n_bootstrap, seed, ccc_ddof,
     per_gender ({str(gender): point metrics} or None), per_item_mae ({item: mae} or None).
 Examples:
-    >>> metric = evaluate.load("metrics/phq_score")
+    >>> metric = evaluate.load("mllm_dr/metrics/phq_score")  # or mllm_dr.metrics.load_phq_metric()
     >>> out = metric.compute(predictions=[2, 4, 6], references=[1, 4, 7], n_bootstrap=0)
     >>> round(out["ccc"], 4)
     0.9231
