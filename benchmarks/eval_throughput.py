@@ -4,8 +4,9 @@
 Why: evaluation writes a rationale for every (participant, PHQ item), 8 prompts per participant that
 share a long transcript. MLlm-DR's prompts are longer (feature placeholders), its prefill also runs
 the two LQ-formers and the MAA head, and the evaluation (``mllm-dr-evaluate``) adds rendering,
-feature reading, decoding and strict parsing. Its prefix reuse (prefill the participant's shared system prompt +
-features + transcript once, copy the KV cache to the 8 items) should more than pay for all that.
+feature reading, decoding and strict parsing. Its prefix reuse (prefill the participant's shared
+system prompt + features + transcript once, copy the KV cache to the 8 items) should more than pay
+for all that.
 
 Compared on the same participants, the same batch size (8 = one participant's items), greedy
 decoding and exactly K new tokens per item (``min_new_tokens = max_new_tokens = K``, so both sides
@@ -85,7 +86,8 @@ def force_new_tokens(model: MllmDrForConditionalGeneration, new_tokens: int) -> 
 
 
 def run_mllm_dr(model, processor, rows: list[dict[str, Any]], settings: GenerationArguments) -> tuple[int, list[str]]:
-    """One batch through mllm_dr.inference.generate_items, as the evaluation runs it: (new tokens, generated texts)."""
+    """One batch through ``mllm_dr.inference.generate_items``, as the evaluation runs it:
+    (new tokens, generated texts)."""
     records, counted = generate_items(model, processor, rows, MODE, settings, head_is_trained(model))
     return counted, [r["generated_text"] for r in records]
 

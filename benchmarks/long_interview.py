@@ -8,8 +8,9 @@ length) a FRESH worker process builds the paper preset's two LQ-formers and proj
 4096-dim LLM; the 8B LLM itself is never built), makes one interview's features and measures, per
 modality, the processor's feature preparation (``apply_frame_policy`` + float32 copy + finiteness
 check + padding, i.e. ``MllmDrProcessor.pad_features`` on the raw arrays) and the LQ-former +
-projector forward under ``torch.inference_mode``: median of ``--repeats`` runs after one warm-up. Peak memory is the
-worker's ``ru_maxrss``, next to its RSS right after imports + model build + feature creation.
+projector forward under ``torch.inference_mode``: median of ``--repeats`` runs after one warm-up.
+Peak memory is the worker's ``ru_maxrss``, next to its RSS right after imports + model build +
+feature creation.
 
     python benchmarks/long_interview.py            # full: 20 min, 5 repeats, all three policies
     python benchmarks/long_interview.py --quick    # smoke: 2 min of frames, 1 repeat

@@ -155,3 +155,37 @@ def test_every_installed_console_script_answers_help_from_an_empty_directory(ins
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.startswith("usage:") and "--help" in done.stdout
     assert list(tmp_path.iterdir()) == []  # --help writes nothing
+
+
+def _imports(path: Path) -> set[str]:
+    """The mllm_dr modules a file imports (relative imports resolved)."""
+    import ast
+
+    package = ".".join(path.relative_to(ROOT).with_suffix("").parts[:-1])
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(part for part in (base, node.module or "") if part) if node.level else node.module or ""
+            found |= {module} | {f"{module}.{alias.name}" for alias in node.names}
+        elif isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+    return {name for name in found if name.startswith("mllm_dr")}
+
+
+def test_layers_import_only_what_lies_below_them():
+    package = ROOT / "mllm_dr"
+    for path in (package / "inference").glob("*.py"):
+        assert not any(name.startswith("mllm_dr.training") for name in _imports(path)), path
+    for path in (package / "training").glob("*.py"):
+        assert not any(name.startswith("mllm_dr.inference") for name in _imports(path)), path
+    for path in (package / "commands").glob("*.py"):  # no command imports another command
+        assert not any(name.startswith("mllm_dr.commands") for name in _imports(path)), path
+    below_commands = [p for p in package.rglob("*.py") if "commands" not in p.parts]
+    for path in below_commands:
+        assert not any(name.startswith("mllm_dr.commands") for name in _imports(path)), path
+    for path in (package / "data").glob("*.py"):
+        layers = ("mllm_dr.training", "mllm_dr.inference", "mllm_dr.checkpoints", "mllm_dr.evaluation")
+        assert not any(name.startswith(layers) for name in _imports(path)), path
+    for model_file in ("configuration_mllm_dr.py", "modeling_mllm_dr.py", "processing_mllm_dr.py"):
+        assert _imports(ROOT / model_file) == set(), model_file

@@ -25,8 +25,9 @@ import numpy as np
 from processing_mllm_dr import MODALITIES, reduce_frames
 
 from ..io import save_npy_atomic
-from .features import feature_key, open_sequence
+from .features import open_sequence
 from .report import Broken, LoadReport, Notes, Problem, check_on_error, natural_key
+from .tables import replace_columns
 
 logger = logging.getLogger("mllm_dr.data")
 
@@ -141,18 +142,19 @@ def build_feature_cache(
     notes.add(f"{written} sequence(s) converted, {len(targets) - written} already cached in {cache_dir}")
 
     out = {}
+    text = datasets.Value("string")
     for name, split in dataset_dict.items():
-        split = split.remove_columns([c for c in CACHE_COLUMNS if c in split.column_names])
         if failed:
             keep = [i for i, pid in enumerate(split["participant_id"]) if pid not in failed]
             if len(keep) != len(split):
                 split = split.select(keep)
         rows = split.select_columns(["audio_files", "video_files"]).to_list()
+        columns = {}
         for modality in MODALITIES:
-            values = [targets[feature_key(row, modality)] if row[f"{modality}_files"] else None for row in rows]
-            split = split.add_column(f"{modality}_cache", values, feature=datasets.Value("string"))
-            split = split.add_column(f"{modality}_cache_policy", [policies[modality]] * len(split), feature=datasets.Value("string"))
-        out[name] = split
+            sources = [tuple(row[f"{modality}_files"]) for row in rows]
+            columns[f"{modality}_cache"] = ([targets[(modality, files)] if files else None for files in sources], text)
+            columns[f"{modality}_cache_policy"] = ([policies[modality]] * len(split), text)
+        out[name] = replace_columns(split, columns)
     report.notes.extend(notes.lines())
     logger.log(logging.WARNING if report.skipped else logging.INFO, "%s", report.summary())
     result = datasets.DatasetDict(out)

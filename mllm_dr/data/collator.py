@@ -18,6 +18,7 @@ import torch
 from processing_mllm_dr import MODALITIES, MllmDrProcessor
 
 from .features import feature_key, row_features
+from .tables import replace_columns
 
 TOKEN_COLUMNS = ("input_ids", "labels", "prompt_length", "transcript_truncated")
 
@@ -90,11 +91,9 @@ def tokenize_rows(
     collator only pads."""
     columns = [c for c in ("participant_id", "item_index", "transcript", "label", "rationale") if c in dataset.column_names]
     samples = tokenize_samples(dataset.select_columns(columns).to_list(), processor, mode, with_targets, with_rationale)
-    dataset = dataset.remove_columns([c for c in TOKEN_COLUMNS if c in dataset.column_names])
-    ids = datasets.List(datasets.Value("int32"))
-    for name, feature in zip(TOKEN_COLUMNS, (ids, ids, datasets.Value("int32"), datasets.Value("int32")), strict=True):
-        dataset = dataset.add_column(name, [s[name] for s in samples], feature=feature)
-    return dataset
+    ids, number = datasets.List(datasets.Value("int32")), datasets.Value("int32")
+    features = dict(zip(TOKEN_COLUMNS, (ids, ids, number, number), strict=True))
+    return replace_columns(dataset, {name: ([s[name] for s in samples], features[name]) for name in TOKEN_COLUMNS})
 
 
 class MllmDrCollator:

@@ -237,7 +237,13 @@ def row_features(row: Mapping[str, Any], modality: str, processor: Any) -> np.nd
         path = row[f"{modality}_cache"]
         if not path:
             return None
-        recorded = json.loads(row.get(f"{modality}_cache_policy") or "null")
+        if not row.get(f"{modality}_cache_policy"):
+            raise ValueError(
+                f"participant {row.get('participant_id')}: the row names a {modality} cache file ({path}) but not "
+                f"the frame policy its frames went through ({modality}_cache_policy): build the cache with "
+                "mllm_dr.data.build_feature_cache"
+            )
+        recorded = json.loads(row[f"{modality}_cache_policy"])
         expected = processor.frame_settings(modality)
         if recorded != expected:
             raise ValueError(

@@ -27,6 +27,7 @@ from processing_mllm_dr import REASON_PREFIX
 
 from ..io import append_jsonl, read_jsonl
 from .report import Notes
+from .tables import replace_columns
 
 logger = logging.getLogger("mllm_dr.data")
 
@@ -158,13 +159,7 @@ def attach_rationales(
                 notes.add(f"{path}: rationale written for a different label than the corpus's", str(pid))
         used += sum(record is not None for record in found)
         missing += sum(label is not None and not value for label, value in zip(split["label"], values))
-        if "rationale" in split.column_names:
-            order, feature = split.column_names, split.features["rationale"]
-            split = split.remove_columns("rationale").add_column("rationale", values, feature=feature)
-            split = split.select_columns(order)
-        else:
-            split = split.add_column("rationale", values, feature=datasets.Value("string"))
-        out[name] = split
+        out[name] = replace_columns(split, {"rationale": (values, datasets.Value("string"))})
     if missing:
         notes.add(f"{path}: {used} row(s) got a rationale; {missing} labelled row(s) have none")
     if own_notes:

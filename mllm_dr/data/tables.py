@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
 import re
 from collections import defaultdict
@@ -216,6 +217,28 @@ def to_dataset_dict(rows: list[dict[str, Any]]) -> datasets.DatasetDict:
         columns = {name: [row[name] for row in selected] for name in ROW_FEATURES}
         out[split] = datasets.Dataset.from_dict(columns, features=ROW_FEATURES)
     return datasets.DatasetDict(out)
+
+
+def replace_columns(dataset: datasets.Dataset, columns: Mapping[str, tuple[Sequence[Any], Any]]) -> datasets.Dataset:
+    """``dataset`` with ``columns`` (name -> (values, feature)) set, in place of any of the same name
+    (kept in their position) or appended. The new fingerprint hashes the old one and the values'
+    bytes: ``add_column`` would pickle every value to hash it, which costs far more than the work."""
+    digest = hashlib.sha256(str(dataset._fingerprint).encode())
+    for name, (values, _feature) in columns.items():
+        digest.update(name.encode())
+        for value in values:
+            digest.update(repr(value).encode("utf-8"))
+            digest.update(b"\0")
+    base = digest.hexdigest()[:16]
+    order = dataset.column_names
+    present = [name for name in columns if name in order]
+    if present:
+        dataset = dataset.remove_columns(present, new_fingerprint=f"{base}-removed")
+    for name, (values, feature) in columns.items():
+        dataset = dataset.add_column(name, list(values), feature=feature, new_fingerprint=f"{base}-{name}")
+    if present:
+        dataset = dataset.select_columns([*order, *[n for n in columns if n not in order]], new_fingerprint=f"{base}-order")
+    return dataset
 
 
 def finish_load(
