@@ -405,11 +405,13 @@ class MllmDrProcessor(ProcessorMixin):
         cached = self._prompt_cache.get(key)
         if cached is None:
             before, after = self.render_prompt(item_index, mode, with_rationale=with_rationale)
-            cached = (self._expand_placeholders(self.encode_text(before), mode), self.encode_text(after))
+            cached = (self.expand_placeholders(self.encode_text(before), mode), self.encode_text(after))
             self._prompt_cache[key] = cached
         return list(cached[0]), list(cached[1])
 
-    def _expand_placeholders(self, ids: list[int], mode: str) -> list[int]:
+    def expand_placeholders(self, ids: list[int], mode: str) -> list[int]:
+        """Token ids with each ``<AudioHere>`` / ``<VideoHere>`` repeated to the LQ-former's query
+        count; the prompt must hold exactly one placeholder per modality that ``mode`` shows."""
         inputs = self.inputs_for(mode)
         expected = {
             self.audio_token_id: (inputs.audio, self.num_audio_tokens, AUDIO_PLACEHOLDER),

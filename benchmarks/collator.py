@@ -79,7 +79,7 @@ def tokenize_per_row(processor: MllmDrProcessor, rows: list[dict[str, Any]]) -> 
     samples = []
     for row in rows:
         before, after = processor.render_prompt(row["item_index"], MODE, with_rationale=True)
-        ids = processor._expand_placeholders(processor.encode_text(before), MODE)
+        ids = processor.expand_placeholders(processor.encode_text(before), MODE)
         ids += processor.encode_transcript(row["transcript"])[0] + processor.encode_text(after)
         answer = processor.encode_text(format_target(row["label"], row["rationale"])) + [processor.tokenizer.eos_token_id]
         samples.append({"input_ids": ids + answer, "labels": [-100] * len(ids) + answer, "prompt_length": len(ids),

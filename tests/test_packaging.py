@@ -83,9 +83,20 @@ def test_top_level_scripts_run_the_console_commands(tmp_path):
 def installed_wheel(tmp_path_factory) -> Path:
     """A wheel built from the checkout, installed (not editable) into a fresh environment whose only
     other packages are this environment's dependencies (torch & co., not this project)."""
+    import shutil
+
     root = tmp_path_factory.mktemp("wheel")
+    # The working tree's files (tracked, and untracked ones git does not ignore), copied: a build in
+    # the checkout would leave build/ there, and stale files in it could reach the wheel.
+    listed = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                            capture_output=True, text=True, check=True).stdout.split()
+    source = root / "source"
+    for name in listed:
+        if (ROOT / name).is_file():
+            (source / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, source / name)
     built = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root / "dist"), str(ROOT)],
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(root / "dist"), str(source)],
         capture_output=True, text=True, timeout=900,
     )
     assert built.returncode == 0, built.stderr[-3000:]

@@ -421,3 +421,7 @@ def test_an_option_of_another_corpus_is_refused(backbone_dir, corpus, tmp_path):
     with pytest.raises(SystemExit, match="--cmdc_split does not apply to --dataset_format prepared"):
         train.main(["--stage", "1", "--backbone", str(backbone_dir), "--output_dir", str(tmp_path / "x"),
                     "--cmdc_split", "fold2", *common_args(corpus)])
+    with pytest.raises(SystemExit, match="--feature_cache_dir does not apply to --dataset_format prepared"):
+        train.main(["--stage", "1", "--backbone", str(backbone_dir), "--output_dir", str(tmp_path / "y"),
+                    "--feature_cache_dir", str(tmp_path / "cache"), *common_args(corpus)])
+    assert not (tmp_path / "cache").exists()

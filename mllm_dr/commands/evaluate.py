@@ -82,7 +82,10 @@ def parse_args(argv: list[str] | None = None):
 def _rows(
     corpus_args: CorpusArguments, cache_dir: str | None, split: str, processor, limit: int | None
 ) -> list[dict[str, Any]]:
-    rows = [dict(row) for row in load_splits(corpus_args, (split,), frames=processor, cache_dir=cache_dir)[split]]
+    try:
+        rows = [dict(row) for row in load_splits(corpus_args, (split,), frames=processor, cache_dir=cache_dir)[split]]
+    except ValueError as error:  # broken data, named by the loader or the cache: before anything is written
+        raise SystemExit(f"error: {error}") from None
     if limit:
         keep = sorted({str(r["participant_id"]) for r in rows})[:limit]
         rows = [r for r in rows if str(r["participant_id"]) in keep]

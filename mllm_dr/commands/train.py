@@ -124,29 +124,42 @@ def main(argv: list[str] | None = None) -> int:
 
     # Rows first (the questionnaire comes from the corpus), then the model, then the feature cache
     # with the model's frame policies. test is never read.
-    corpus = load_splits(corpus_args, ("train", "dev"), rationales=data_args.rationales)
-    stage = build_stage_model(model_args, args, corpus.questionnaire, data_args.max_transcript_tokens)
-    model, processor, base, mode = stage.model, stage.processor, stage.base, stage.mode
-    corpus.cache_features(processor, cache_args.feature_cache_dir)
-    train_rows, dev_rows = corpus["train"], corpus["dev"]
-    if data_args.max_train_samples:
-        train_rows = train_rows.select(range(min(len(train_rows), data_args.max_train_samples)))
-    if data_args.max_eval_samples:
-        dev_rows = dev_rows.select(range(min(len(dev_rows), data_args.max_eval_samples)))
-    with_rationale = args.stage == 2
-    # Tokenized once for the whole run (the collator only pads); rows that cannot be trained on are refused here.
-    train_rows = tokenize_rows(train_rows, processor, mode, with_targets=True, with_rationale=with_rationale)
-    if len(dev_rows):
-        dev_rows = tokenize_rows(dev_rows, processor, mode, with_targets=True, with_rationale=with_rationale)
+    try:
+        corpus = load_splits(corpus_args, ("train", "dev"), rationales=data_args.rationales)
+        stage = build_stage_model(model_args, args, corpus.questionnaire, data_args.max_transcript_tokens)
+        model, processor, base, mode = stage.model, stage.processor, stage.base, stage.mode
+        corpus.cache_features(processor, cache_args.feature_cache_dir)
+        train_rows, dev_rows = corpus["train"], corpus["dev"]
+        if data_args.max_train_samples:
+            train_rows = train_rows.select(range(min(len(train_rows), data_args.max_train_samples)))
+        if data_args.max_eval_samples:
+            dev_rows = dev_rows.select(range(min(len(dev_rows), data_args.max_eval_samples)))
+        with_rationale = args.stage == 2
+        # Tokenized once for the whole run (the collator only pads); rows that cannot be trained on are refused here.
+        train_rows = tokenize_rows(train_rows, processor, mode, with_targets=True, with_rationale=with_rationale)
+        if len(dev_rows):
+            dev_rows = tokenize_rows(dev_rows, processor, mode, with_targets=True, with_rationale=with_rationale)
+    except ValueError as error:  # broken data, named by the loader, the cache or the tokenizer: before any step
+        raise SystemExit(f"error: {error}") from None
+
+    def all_rows(*columns: str) -> list[dict]:
+        """Train and dev rows with only ``columns`` (not the token ids)."""
+        return [row for split in (train_rows, dev_rows) if len(split)
+                for row in split.select_columns([c for c in columns if c in split.column_names]).to_list()]
 
     embedding_cache = None
     modalities = [m for m in ("audio", "video") if getattr(model_args, f"use_{m}")]
     if args.stage == 2 and modalities:
         # Frozen LQ-formers: their outputs are computed once per participant and reused by every item and epoch.
-        embedding_cache = precompute_modality_embeddings(base, processor, list(train_rows) + list(dev_rows), modalities)
+        feature_columns = [f"{m}_{kind}" for m in modalities for kind in ("files", "cache", "cache_policy")]
+        embedding_cache = precompute_modality_embeddings(
+            base, processor, all_rows("participant_id", *feature_columns), modalities
+        )
     item_scores = None
     if base.alignment_probe is not None:
-        item_scores = participant_item_scores(list(train_rows) + list(dev_rows), base.config.alignment_probe_items)
+        item_scores = participant_item_scores(
+            all_rows("participant_id", "item_index", "label"), base.config.alignment_probe_items
+        )
     collator = MllmDrCollator(
         processor, mode, with_rationale=with_rationale, embedding_cache=embedding_cache, item_scores=item_scores
     )

@@ -109,6 +109,10 @@ class LoadedCorpus:
         in ``cache_dir`` (default ``DATA_DIR/.mllm_dr_cache``), where the corpus uses one
         (:attr:`CorpusSpec.feature_cache`)."""
         if not self.spec.feature_cache:
+            if cache_dir is not None:
+                raise ValueError(
+                    f"--feature_cache_dir does not apply to --dataset_format {self.spec.name} (its features are read as they are)"
+                )
             return
         cache_dir = cache_dir or os.path.join(self.data_dir, CACHE_DIRNAME)
         self.data, report = build_feature_cache(
