@@ -11,7 +11,6 @@ import subprocess
 import sys
 import threading
 import time
-import types
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Sequence

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import warnings
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest

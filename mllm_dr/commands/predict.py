@@ -113,9 +113,8 @@ def to_markdown(report: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     model_args, generation, args = parse_args(argv)
-    for name in ("model",):
-        if getattr(model_args, name) is None:
-            raise SystemExit(f"--{name} is required")
+    if model_args.model is None:
+        raise SystemExit("--model is required")
     for name in ("transcript", "output_dir"):
         if getattr(args, name) is None:
             raise SystemExit(f"--{name} is required")

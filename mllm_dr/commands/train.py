@@ -13,7 +13,6 @@ evaluates on ``dev``, never reads ``test``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import shutil
 import sys

@@ -79,7 +79,6 @@ class CorpusArguments:
         return kwargs
 
 
-
 @dataclass
 class FeatureCacheArguments:
     """Where the feature cache goes (the commands that read features: training and evaluation)."""

@@ -32,7 +32,6 @@ from .tables import replace_columns
 logger = logging.getLogger("mllm_dr.data")
 
 CACHE_FORMAT = 2  # 2: one file per feature sequence (files concatenated, then the frame policy)
-CACHE_COLUMNS = tuple(f"{m}_{suffix}" for m in MODALITIES for suffix in ("cache", "cache_policy"))
 
 
 def frame_settings_of(frames: Any) -> dict[str, dict[str, Any]]:
@@ -103,8 +102,9 @@ def build_feature_cache(
     dtype = np.dtype(dtype)
     if not np.issubdtype(dtype, np.floating):
         raise ValueError(f"dtype must be a floating type, got {dtype}")
-    settings = {modality: {**value, "dtype": dtype.str} for modality, value in frame_settings_of(frames).items()}
-    policies = {modality: json.dumps(frame_settings_of(frames)[modality], sort_keys=True) for modality in MODALITIES}
+    policy = frame_settings_of(frames)
+    settings = {modality: {**value, "dtype": dtype.str} for modality, value in policy.items()}  # the cache key
+    policies = {modality: json.dumps(value, sort_keys=True) for modality, value in policy.items()}  # what rows record
     cache_dir = Path(cache_dir)
     cache_dir.mkdir(parents=True, exist_ok=True)
     report, notes = LoadReport("feature cache"), Notes()
