@@ -14,6 +14,9 @@ end-user licence agreements forbid sharing transcripts: an endpoint that is not 
 Every record is appended (line-atomic) as soon as its reply is accepted, and keys already in the
 output are skipped, so a killed run resumes losing nothing and redoing nothing. Replies that break
 the format are retried and then recorded in ``rationales.failures.jsonl`` (a rerun retries them).
+One run at a time writes an output file (a second one is refused at once, :func:`output_lock`).
+Each request has a total deadline, and a run stops after ``max_consecutive_failures`` items in a
+row got no reply from the endpoint (everything written stays; a rerun resumes).
 
     mllm-dr-distill --dataset_format edaic --data_dir /data/E-DAIC \\
         --teacher local --teacher_model path/to/Llama-3-70B-Instruct --rationales runs/rationales.jsonl
@@ -24,12 +27,15 @@ the format are retried and then recorded in ``rationales.failures.jsonl`` (a rer
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import ipaddress
 import json
 import logging
 import operator
 import re
+import socket
+import threading
 import time
 import urllib.error
 import urllib.parse
@@ -43,6 +49,7 @@ from typing import Any, Protocol
 
 from processing_mllm_dr import DEFAULT_SYSTEM_PROMPT, PHQ9_ITEMS, REASON_PREFIX
 from .data.rationales import Rationale, RationaleWriter
+from .io import exclusive_lock, read_jsonl, write_text_atomic
 
 logger = logging.getLogger("mllm_dr.distillation")
 
@@ -62,6 +69,7 @@ LICENCE_NOTICE = (
 )
 MAX_STORED_REPLY_CHARS = 2000
 RETRYABLE_STATUS = frozenset({408, 429}) | frozenset(range(500, 600))
+DEFAULT_MAX_CONSECUTIVE_FAILURES = 5
 
 
 # ----------------------------------------------------------------------------- prompt and reply
@@ -119,10 +127,14 @@ def parse_reply(text: str | None, label: int | None = None) -> str:
 # ----------------------------------------------------------------------------- teachers
 @dataclass(frozen=True)
 class TeacherReply:
-    """``text`` when the teacher answered; ``error`` when it could not (recorded, not retried)."""
+    """``text`` when the teacher answered; ``error`` when it could not (recorded, not retried).
+    ``unreachable``: every attempt failed without an answer (connection refused or reset, deadline
+    passed, 408/429/5xx after every retry), so the endpoint looks down; :func:`distill` stops after
+    ``max_consecutive_failures`` such items in a row."""
 
     text: str | None = None
     error: str | None = None
+    unreachable: bool = False
 
 
 class Teacher(Protocol):
@@ -158,8 +170,20 @@ def is_loopback_url(url: str) -> bool:
 
 
 def check_endpoint_allowed(api_base: str, allow_remote: bool) -> None:
-    """Refuses (before any connection) to send transcripts off the machine without ``allow_remote``."""
+    """Refuses (before any connection) to send transcripts off the machine without ``allow_remote``.
+
+    User information (``user@`` or ``user:password@`` before the host) is refused whatever
+    ``allow_remote`` says: with it the host that is checked and the host that is contacted can
+    differ (``http://user@evil.example@127.0.0.1/`` reads differently to different parsers), and a
+    password in a URL ends up in logs. The URL is not echoed then (it may hold a password).
+    """
     parts = urllib.parse.urlsplit(api_base)
+    if "@" in parts.netloc:
+        raise ValueError(
+            "--api_base must not contain user information ('user@' or 'user:password@' before the host): it hides "
+            "which host is contacted. Give the host alone, e.g. http://127.0.0.1:8000/v1, and the key through "
+            "--api_key_env"
+        )
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"--api_base must be an http(s) URL such as http://127.0.0.1:8000/v1, got {api_base!r}")
     if not allow_remote and not is_loopback_url(api_base):
@@ -168,6 +192,106 @@ def check_endpoint_allowed(api_base: str, allow_remote: bool) -> None:
             f"{LICENCE_NOTICE} Use --teacher local or an endpoint on 127.0.0.1/localhost, or pass --allow-remote "
             "if your data-use agreement explicitly permits this endpoint."
         )
+
+
+def remote_warning(api_base: str) -> str | None:
+    """The one-line warning to show when ``api_base`` (already allowed) is not on this machine; None
+    when it is."""
+    if is_loopback_url(api_base):
+        return None
+    parts = urllib.parse.urlsplit(api_base)
+    clear = " over unencrypted http" if parts.scheme == "http" else ""
+    return (
+        f"warning: --allow-remote: interview transcripts and labels will be sent to {parts.hostname}{clear}, which is "
+        "not this machine; make sure your data-use agreement permits it (E-DAIC-WOZ, DAIC-WOZ and CMDC licences "
+        "forbid sharing transcripts with third parties)"
+    )
+
+
+class RequestDeadlineExceeded(TimeoutError):
+    """A request that had no complete reply within its total deadline."""
+
+
+class _Deadline:
+    """A request's total deadline: when it passes, every socket the request opened is shut down, so
+    a blocked read returns at once however slowly the server sends (a socket timeout only bounds
+    the wait for the *next* byte)."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.expired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(seconds, self._expire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Deadline:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._timer.cancel()
+
+    def watch(self, sock: socket.socket) -> None:
+        with self._lock:
+            self._sockets.append(sock)
+            if self.expired:
+                _shut_down(sock)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self.expired = True
+            for sock in self._sockets:
+                _shut_down(sock)
+
+
+def _shut_down(sock: socket.socket) -> None:
+    """Shuts the connection down under a (possibly TLS) socket that another thread may be reading;
+    the plain-socket method, so that a TLS wrapper's state is not touched from this thread."""
+    with contextlib.suppress(OSError):
+        socket.socket.shutdown(sock, socket.SHUT_RDWR)
+
+
+class _WatchedHTTPConnection(http.client.HTTPConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()
+        self._deadline.watch(self.sock)
+
+
+class _WatchedHTTPSConnection(http.client.HTTPSConnection):
+    def __init__(self, *args: Any, deadline: _Deadline, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self._deadline = deadline
+
+    def connect(self) -> None:
+        super().connect()  # TCP, proxy tunnel, TLS handshake (each read bounded by the socket timeout)
+        self._deadline.watch(self.sock)
+
+
+_WATCHED = {http.client.HTTPConnection: _WatchedHTTPConnection, http.client.HTTPSConnection: _WatchedHTTPSConnection}
+
+
+class _DeadlineMixin:
+    """Makes a urllib HTTP(S) handler open connections that ``deadline`` watches."""
+
+    def __init__(self, deadline: _Deadline):
+        super().__init__()
+        self.deadline = deadline
+
+    def do_open(self, http_class, req, **kwargs):
+        return super().do_open(_WATCHED[http_class], req, deadline=self.deadline, **kwargs)
+
+
+class _DeadlineHTTPHandler(_DeadlineMixin, urllib.request.HTTPHandler):
+    pass
+
+
+class _DeadlineHTTPSHandler(_DeadlineMixin, urllib.request.HTTPSHandler):
+    pass
 
 
 class _NoRedirect(urllib.request.HTTPRedirectHandler):
@@ -180,10 +304,11 @@ class _NoRedirect(urllib.request.HTTPRedirectHandler):
 class OpenAICompatibleTeacher:
     """``POST {api_base}/chat/completions`` (OpenAI format), one request per item.
 
-    Transient failures (connection errors, timeouts, 408, 429, 5xx) are retried ``http_retries``
-    times with exponential back-off from ``retry_base_delay`` (a ``Retry-After`` header can lengthen
-    it); other statuses fail that item at once. The API key goes only into the Authorization header
-    and is redacted from anything returned (error bodies included).
+    ``timeout`` is each request's total deadline (connect, send, and the complete reply), enforced
+    however slowly the server sends. Transient failures (connection errors, deadline, 408, 429,
+    5xx) are retried ``http_retries`` times with exponential back-off from ``retry_base_delay`` (a
+    ``Retry-After`` header can lengthen it); other statuses fail that item at once. The API key goes
+    only into the Authorization header and is redacted from anything returned (error bodies included).
     """
 
     def __init__(
@@ -203,11 +328,13 @@ class OpenAICompatibleTeacher:
         sleep: Callable[[float], None] = time.sleep,
     ):
         check_endpoint_allowed(api_base, allow_remote)
+        if not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         self.url = api_base.rstrip("/") + "/chat/completions"
         self.model = model
         self.name = name or model
         self._api_key = api_key or None
-        self.timeout = timeout
+        self.timeout = float(timeout)
         self.http_retries = max(0, int(http_retries))
         self.retry_base_delay = retry_base_delay
         self.max_retry_delay = max_retry_delay
@@ -216,17 +343,25 @@ class OpenAICompatibleTeacher:
         self.temperature = temperature
         self.max_tokens = max_tokens
         self.sleep = sleep
-        # A loopback endpoint never goes through a proxy (which would take the data off the machine).
-        handlers: list[urllib.request.BaseHandler] = [_NoRedirect()]
-        if is_loopback_url(api_base):
-            handlers.append(urllib.request.ProxyHandler({}))
-        self._opener = urllib.request.build_opener(*handlers)
+        self._loopback = is_loopback_url(api_base)
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAICompatibleTeacher(url={self.url!r}, model={self.model!r})"
 
     def redact(self, text: str) -> str:
         return text.replace(self._api_key, "[REDACTED]") if self._api_key else text
+
+    def _opener(self, deadline: _Deadline) -> urllib.request.OpenerDirector:
+        """An opener whose connections ``deadline`` watches; a loopback endpoint never goes through a
+        proxy (which would take the data off the machine), and no redirect is followed."""
+        handlers: list[urllib.request.BaseHandler] = [
+            _NoRedirect(),
+            _DeadlineHTTPHandler(deadline),
+            _DeadlineHTTPSHandler(deadline),
+        ]
+        if self._loopback:
+            handlers.append(urllib.request.ProxyHandler({}))
+        return urllib.request.build_opener(*handlers)
 
     def _request(self, messages: list[dict[str, str]]) -> urllib.request.Request:
         body: dict[str, Any] = {"model": self.model, "messages": messages}
@@ -238,6 +373,28 @@ class OpenAICompatibleTeacher:
         if self._api_key:
             headers["Authorization"] = f"Bearer {self._api_key}"
         return urllib.request.Request(self.url, data=json.dumps(body).encode("utf-8"), headers=headers, method="POST")
+
+    def _exchange(self, messages: list[dict[str, str]]) -> tuple[int, str, bytes, Any]:
+        """``(status, reason, body, headers)`` of one request, all of it read within the deadline
+        (an error status's body: its first 500 bytes). Raises ``RequestDeadlineExceeded`` when the
+        deadline passes, ``URLError``/``OSError``/``HTTPException`` when no answer came."""
+        with _Deadline(self.timeout) as deadline:
+            try:
+                try:
+                    with self._opener(deadline).open(self._request(messages), timeout=self.timeout) as response:
+                        answer = (response.status, response.reason, response.read(), response.headers)
+                except urllib.error.HTTPError as error:
+                    answer = (error.code, str(error.reason), _error_body(error), error.headers)
+            except (urllib.error.URLError, http.client.HTTPException, OSError):
+                if deadline.expired:
+                    raise self._deadline_error() from None
+                raise
+            if deadline.expired:  # a cut-off reply can read as a short one
+                raise self._deadline_error()
+        return answer
+
+    def _deadline_error(self) -> RequestDeadlineExceeded:
+        return RequestDeadlineExceeded(f"no complete reply within the {self.timeout:g} s deadline (--timeout)")
 
     def _backoff(self, retry: int, retry_after: str | None) -> float:
         delay = self.retry_base_delay * (2**retry)
@@ -254,23 +411,22 @@ class OpenAICompatibleTeacher:
         for attempt in range(self.http_retries + 1):
             retry_after = None
             try:
-                with self._opener.open(self._request(messages), timeout=self.timeout) as response:
-                    payload = response.read()
-                return TeacherReply(text=self.redact(_completion_text(payload)))
-            except urllib.error.HTTPError as error:
-                detail = error.read(500).decode("utf-8", "replace") if error.fp is not None else ""
-                last_error = self.redact(f"HTTP {error.code} {error.reason}: {detail}".strip())
-                if error.code not in RETRYABLE_STATUS:
+                status, reason, body, headers = self._exchange(messages)
+            except (urllib.error.URLError, http.client.HTTPException, OSError) as error:  # refused, reset, deadline
+                last_error = self.redact(f"{type(error).__name__}: {getattr(error, 'reason', error)}")
+            else:
+                if 200 <= status < 300:
+                    return TeacherReply(text=self.redact(_completion_text(body)))
+                detail = body.decode("utf-8", "replace")
+                last_error = self.redact(f"HTTP {status} {reason}: {detail}".strip())
+                if status not in RETRYABLE_STATUS:
                     return TeacherReply(error=last_error)
-                retry_after = error.headers.get("Retry-After") if error.headers else None
-            except (urllib.error.URLError, http.client.HTTPException, OSError) as error:  # refused, reset, timeout
-                reason = getattr(error, "reason", error)
-                last_error = self.redact(f"{type(error).__name__}: {reason}")
+                retry_after = headers.get("Retry-After") if headers else None
             if attempt < self.http_retries:
                 delay = self._backoff(attempt, retry_after)
                 logger.warning("%s (retry %d/%d in %.2f s)", last_error, attempt + 1, self.http_retries, delay)
                 self.sleep(delay)
-        return TeacherReply(error=f"gave up after {self.http_retries + 1} attempts: {last_error}")
+        return TeacherReply(error=f"gave up after {self.http_retries + 1} attempts: {last_error}", unreachable=True)
 
     def generate(
         self, conversations: Sequence[list[dict[str, str]]], attempt: int = 0
@@ -286,6 +442,16 @@ class OpenAICompatibleTeacher:
                 yield futures[future], future.result()
         finally:
             executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _error_body(error: urllib.error.HTTPError) -> bytes:
+    """The first 500 bytes of an error status's body (closed after)."""
+    if error.fp is None:
+        return b""
+    try:
+        return error.read(500)
+    finally:
+        error.close()
 
 
 def _completion_text(payload: bytes) -> str:
@@ -425,6 +591,73 @@ class DistillSummary:
         return text + (f", no label (not distilled) {self.unlabelled}" if self.unlabelled else "")
 
 
+class EndpointUnreachable(RuntimeError):
+    """The teacher's endpoint gave no answer for ``max_consecutive_failures`` items in a row;
+    ``summary`` counts what the run did until then (everything written stays)."""
+
+    def __init__(self, message: str, summary: DistillSummary):
+        super().__init__(message)
+        self.summary = summary
+
+
+def output_lock_folder(output: str | Path) -> Path:
+    """The folder whose lock guards ``output``: ``.<name>.lock`` beside it. One per output file, not
+    the output's folder itself, so that distinct outputs in one folder (``runs/rationales_edaic.jsonl``
+    and ``runs/rationales_cmdc.jsonl``, or an evaluation writing into ``runs/``) never block each
+    other, while every path that names the same file (relative, absolute, through a link to its
+    folder) meets the same lock."""
+    output = Path(output).resolve()
+    return output.with_name(f".{output.name}.lock")
+
+
+@contextlib.contextmanager
+def output_lock(output: str | Path) -> Iterator[None]:
+    """Holds ``output``'s lock for the ``with`` block (:func:`mllm_dr.io.exclusive_lock` on
+    :func:`output_lock_folder`); raises :class:`mllm_dr.io.FolderInUse` at once when another
+    process holds it."""
+    with exclusive_lock(output_lock_folder(output), f"mllm-dr-distill run writing {Path(output).name}"):
+        yield
+
+
+def _differing_fields(first: Rationale, second: Rationale) -> list[str]:
+    return [name for name in first.__dataclass_fields__ if getattr(first, name) != getattr(second, name)]
+
+
+def deduplicate_output(path: str | Path) -> int:
+    """Checks the records already in ``path`` before a resumed run appends to it; returns how many
+    repeated lines were dropped.
+
+    A key written twice with the same record (every schema field equal: two runs that raced before
+    runs were locked) is kept once: the file is rewritten atomically without the later copies, so
+    that training (which refuses any repeated key) reads it. A key written twice with different
+    records raises ``ValueError`` naming the file, both lines and the key: which one is right is not
+    for the distiller to guess. Any invalid record raises naming file and line.
+    """
+    path = Path(path)
+    first: dict[tuple[str, int], tuple[int, Rationale]] = {}
+    kept: list[Any] = []
+    repeated: list[int] = []
+    for number, raw in read_jsonl(path):
+        record = Rationale.from_dict(raw, f"{path}:{number}")
+        if record.key not in first:
+            first[record.key] = (number, record)
+            kept.append(raw)
+            continue
+        earlier, previous = first[record.key]
+        if previous != record:
+            raise ValueError(
+                f"{path}: lines {earlier} and {number} hold different records for key {record.key} "
+                f"(participant {record.participant_id!r}, item {record.item_index}; they differ in "
+                f"{', '.join(_differing_fields(previous, record))}): delete the wrong one and rerun"
+            )
+        repeated.append(number)
+    if repeated:
+        write_text_atomic(path, "".join(json.dumps(raw, ensure_ascii=False) + "\n" for raw in kept))
+        logger.warning("%s: dropped %d repeated identical record(s) (line(s) %s)", path, len(repeated),
+                       ", ".join(map(str, repeated)))
+    return len(repeated)
+
+
 def distill(
     rows: Iterable[dict[str, Any]],
     teacher: Teacher,
@@ -433,6 +666,7 @@ def distill(
     format_retries: int = 2,
     limit: int | None = None,
     progress: bool = True,
+    max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
 ) -> DistillSummary:
     """Asks ``teacher`` for a rationale for each row of ``splits`` (None: all) not yet in ``output``.
 
@@ -440,11 +674,51 @@ def distill(
     the format is asked again up to ``format_retries`` times, then recorded (with the reason and
     the last reply) in the failures file beside ``output``, as is a teacher error. Rows without a
     label (``None``) are counted, not distilled; any other invalid row raises before the teacher runs.
+
+    The run holds :func:`output_lock` throughout (``FolderInUse`` at once, before any request, when
+    another run writes ``output``); records already in ``output`` are checked by
+    :func:`deduplicate_output`. After ``max_consecutive_failures`` items in a row that got no answer
+    (``TeacherReply.unreachable``; any answer resets the count; 0: never stop) it raises
+    :class:`EndpointUnreachable`.
     """
+    with output_lock(output):
+        deduplicate_output(output)
+        return _distill(rows, teacher, output, splits, format_retries, limit, progress, max_consecutive_failures)
+
+
+def _distill(
+    rows: Iterable[dict[str, Any]],
+    teacher: Teacher,
+    output: str | Path,
+    splits: Sequence[str] | None,
+    format_retries: int,
+    limit: int | None,
+    progress: bool,
+    max_consecutive_failures: int,
+) -> DistillSummary:
+    """:func:`distill`'s loop, under the output's lock."""
     from tqdm.auto import tqdm
 
     writer = RationaleWriter(output)
     summary = DistillSummary()
+    todo = _select_rows(rows, writer, splits, summary)
+    if limit is not None:
+        todo = todo[:limit]
+    bar = tqdm(total=len(todo), desc=f"rationales ({teacher.name})", unit="item", disable=not progress)
+    run = _Run(teacher, writer, summary, bar, Path(output), format_retries, max_consecutive_failures)
+    try:
+        for start in range(0, len(todo), teacher.batch_size):
+            run.batch(todo[start : start + teacher.batch_size])
+    finally:
+        bar.close()
+    return summary
+
+
+def _select_rows(
+    rows: Iterable[dict[str, Any]], writer: RationaleWriter, splits: Sequence[str] | None, summary: DistillSummary
+) -> list[dict[str, Any]]:
+    """The validated rows of ``splits`` still to distil (once per key); counts the skipped and the
+    unlabelled in ``summary``."""
     todo: list[dict[str, Any]] = []
     queued: set[tuple[str, int]] = set()
     mismatched_names: set[tuple[int, str]] = set()
@@ -471,92 +745,126 @@ def distill(
             )
         queued.add(key)
         todo.append(row)
-    if limit is not None:
-        todo = todo[:limit]
+    return todo
 
-    def fail(row: dict[str, Any], reason: str, **extra: Any) -> None:
-        writer.write_failure(
+
+@dataclass
+class _Run:
+    """One distillation run's state: where records and failures go, the counts, and how many items
+    in a row got no answer from the teacher."""
+
+    teacher: Teacher
+    writer: RationaleWriter
+    summary: DistillSummary
+    bar: Any
+    output: Path
+    format_retries: int
+    max_consecutive_failures: int
+    unreachable: int = 0
+
+    def batch(self, rows: list[dict[str, Any]]) -> None:
+        """Asks for ``rows`` together, asking again (up to ``format_retries`` times) for the replies
+        that break the format; records every outcome."""
+        pending = [row for row in rows if row["transcript"].strip()]
+        for row in rows:
+            if not row["transcript"].strip():
+                self.fail(row, "empty transcript: nothing for the teacher to read", attempts=0)
+        last_problem: dict[tuple[str, int], tuple[str, str]] = {}
+        for attempt in range(self.format_retries + 1):
+            if not pending:
+                break
+            retry = []
+            for index, reply in self.teacher.generate([build_messages(row) for row in pending], attempt):
+                row = pending[index]
+                if reply.error is not None:
+                    self.fail(row, reply.error, attempts=attempt + 1)
+                else:
+                    try:
+                        self.accept(row, parse_reply(reply.text, row["label"]))
+                    except ReplyFormatError as error:
+                        last_problem[(row["participant_id"], row["item_index"])] = (str(error), reply.text or "")
+                        retry.append(row)
+                self.count_answer(reply)
+            pending = retry
+        for row in pending:
+            problem, reply = last_problem[(row["participant_id"], row["item_index"])]
+            self.fail(
+                row,
+                f"malformed reply after {self.format_retries + 1} attempts: {problem}",
+                attempts=self.format_retries + 1,
+                reply=reply[:MAX_STORED_REPLY_CHARS],
+            )
+
+    def accept(self, row: dict[str, Any], rationale: str) -> None:
+        record = Rationale(
+            participant_id=row["participant_id"],
+            item_index=row["item_index"],
+            item_name=row["item_name"],
+            label=row["label"],
+            rationale=rationale,
+            teacher=self.teacher.name,
+            prompt_version=PROMPT_VERSION,
+        )
+        if self.writer.write(record):
+            self.summary.written += 1
+        else:  # the key is already there
+            self.summary.skipped += 1
+        self.bar.update()
+
+    def fail(self, row: dict[str, Any], reason: str, **extra: Any) -> None:
+        self.writer.write_failure(
             row["participant_id"],
             row["item_index"],
             reason,
             item_name=row["item_name"],
             split=row["split"],
-            teacher=teacher.name,
+            teacher=self.teacher.name,
             prompt_version=PROMPT_VERSION,
             time=datetime.now(timezone.utc).isoformat(),
             **extra,
         )
-        summary.failed += 1
-        summary.failed_keys.append((row["participant_id"], row["item_index"]))
+        self.summary.failed += 1
+        self.summary.failed_keys.append((row["participant_id"], row["item_index"]))
+        self.bar.update()
 
-    bar = tqdm(total=len(todo), desc=f"rationales ({teacher.name})", unit="item", disable=not progress)
-    for start in range(0, len(todo), teacher.batch_size):
-        pending = [row for row in todo[start : start + teacher.batch_size] if row["transcript"].strip()]
-        for row in todo[start : start + teacher.batch_size]:
-            if not row["transcript"].strip():
-                fail(row, "empty transcript: nothing for the teacher to read", attempts=0)
-                bar.update()
-        last_problem: dict[tuple[str, int], tuple[str, str]] = {}
-        for attempt in range(format_retries + 1):
-            if not pending:
-                break
-            retry = []
-            for index, reply in teacher.generate([build_messages(row) for row in pending], attempt):
-                row = pending[index]
-                if reply.error is not None:
-                    fail(row, reply.error, attempts=attempt + 1)
-                    bar.update()
-                    continue
-                try:
-                    rationale = parse_reply(reply.text, row["label"])
-                except ReplyFormatError as error:
-                    last_problem[(row["participant_id"], row["item_index"])] = (str(error), reply.text or "")
-                    retry.append(row)
-                    continue
-                record = Rationale(
-                    participant_id=row["participant_id"],
-                    item_index=row["item_index"],
-                    item_name=row["item_name"],
-                    label=row["label"],
-                    rationale=rationale,
-                    teacher=teacher.name,
-                    prompt_version=PROMPT_VERSION,
-                )
-                if writer.write(record):
-                    summary.written += 1
-                else:  # written meanwhile by another run
-                    summary.skipped += 1
-                bar.update()
-            pending = retry
-        for row in pending:
-            problem, reply = last_problem[(row["participant_id"], row["item_index"])]
-            fail(
-                row,
-                f"malformed reply after {format_retries + 1} attempts: {problem}",
-                attempts=format_retries + 1,
-                reply=reply[:MAX_STORED_REPLY_CHARS],
-            )
-            bar.update()
-    bar.close()
-    return summary
+    def count_answer(self, reply: TeacherReply) -> None:
+        """Counts items in a row without an answer (any answer resets the count) and stops the run,
+        raising :class:`EndpointUnreachable`, when there are ``max_consecutive_failures`` of them."""
+        self.unreachable = self.unreachable + 1 if reply.unreachable else 0
+        if not self.max_consecutive_failures or self.unreachable < self.max_consecutive_failures:
+            return
+        endpoint = getattr(self.teacher, "url", self.teacher.name)
+        raise EndpointUnreachable(
+            f"stopping: {self.unreachable} items in a row got no answer from {endpoint} (last: {reply.error}); "
+            f"written in this run: {self.summary.written}, done before: {self.summary.skipped}, all kept in "
+            f"{self.output}; rerun to resume once the endpoint answers",
+            self.summary,
+        )
 
 
 __all__ = [
+    "DEFAULT_MAX_CONSECUTIVE_FAILURES",
     "DEFAULT_SPLITS",
     "DistillSummary",
+    "EndpointUnreachable",
     "LICENCE_NOTICE",
     "LocalTeacher",
     "OpenAICompatibleTeacher",
     "PROMPT_VERSION",
     "RemoteEndpointRefused",
     "ReplyFormatError",
+    "RequestDeadlineExceeded",
     "TEACHER_INSTRUCTION",
     "Teacher",
     "TeacherReply",
     "build_messages",
     "check_endpoint_allowed",
+    "deduplicate_output",
     "distill",
     "is_loopback_url",
+    "output_lock",
+    "output_lock_folder",
     "parse_reply",
+    "remote_warning",
     "validate_row",
 ]

@@ -9,6 +9,8 @@ Everything MLlm-DR writes goes through here, so a killed process never leaves ha
   by a killed writer is repaired first (a complete record that only lacks its newline is kept).
 * :func:`read_jsonl`: every record with its line number; only a torn *last* line (one that does
   not parse and has no newline) is dropped, any other malformed line raises naming file and line.
+* :func:`exclusive_lock`: one writer per output folder (a second evaluation or distillation into
+  the same folder is refused at once, naming the folder and the process that holds it).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from pathlib import Path
 from typing import IO, Any
 
 __all__ = [
+    "FolderInUse",
     "append_jsonl",
+    "exclusive_lock",
     "atomic_open",
     "read_jsonl",
     "save_npy_atomic",
@@ -138,3 +142,40 @@ def read_jsonl(path: str | os.PathLike) -> list[tuple[int, Any]]:
                 break  # torn by a kill; redone on resume
             raise ValueError(f"{path}:{number}: not valid JSON ({error})") from None
     return records
+
+
+LOCK_NAME = ".mllm_dr.lock"
+
+
+class FolderInUse(RuntimeError):
+    """Another process holds the folder's lock (:func:`exclusive_lock`)."""
+
+
+@contextlib.contextmanager
+def exclusive_lock(folder: str | os.PathLike, purpose: str) -> Iterator[Path]:
+    """Holds ``folder/.mllm_dr.lock`` for the ``with`` block, so that two runs never append to one
+    output folder at once; raises :class:`FolderInUse` (naming folder, purpose and the holder's pid)
+    at once when another process holds it. The lock is released when the process ends, however it
+    ends (an OS file lock, through the ``filelock`` package); the file itself stays and is harmless."""
+    from filelock import FileLock, Timeout
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    lock = FileLock(str(path), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        holder = ""
+        with contextlib.suppress(OSError):
+            holder = (folder / (LOCK_NAME + ".owner")).read_text(encoding="utf-8").strip()
+        raise FolderInUse(
+            f"{folder} is in use by another {purpose}{f' ({holder})' if holder else ''}: wait for it to finish, "
+            "or use another output folder"
+        ) from None
+    try:
+        with contextlib.suppress(OSError):
+            write_text_atomic(folder / (LOCK_NAME + ".owner"), f"pid {os.getpid()}\n")
+        yield path
+    finally:
+        lock.release()

@@ -28,6 +28,7 @@ from processing_mllm_dr import DEFAULT_SYSTEM_PROMPT, PHQ9_ITEMS
 ROOT = Path(__file__).resolve().parents[1]
 SECRET = "sk-test-9f8e7d6c5b4a-DO-NOT-LEAK"
 KEY_ENV = "MLLM_DR_TEST_TEACHER_KEY"
+HANG_UP = object()  # a scripted answer: close the connection without a response
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -85,7 +86,8 @@ def good(request: dict[str, Any]) -> tuple[int, Any]:
 
 class ChatServer:
     """An OpenAI-style chat-completions server on 127.0.0.1 (port 0) whose answers a test scripts
-    with ``responder(request_json) -> (status, json_or_text)``; every request is recorded."""
+    with ``responder(request_json) -> (status, json_or_text)`` (status None: hang up without an
+    answer); every request is recorded."""
 
     def __init__(self, responder: Callable[[dict[str, Any]], tuple[int, Any]] = good):
         self.responder = responder
@@ -100,6 +102,9 @@ class ChatServer:
                 with server.lock:
                     server.requests.append(record)
                 status, payload = server.responder(body)
+                if status is None:  # hang up: the client sees the connection closed without a response
+                    self.close_connection = True
+                    return
                 data = (
                     payload
                     if isinstance(payload, bytes)
@@ -138,7 +143,7 @@ class ChatServer:
 
 def scripted(script: dict[tuple[str, int], list[Any]]) -> Callable[[dict[str, Any]], tuple[int, Any]]:
     """Per key, a list of answers used in turn (the last one repeats): a status code, a reply text,
-    or ``good``."""
+    ``good`` or ``HANG_UP``."""
     seen: Counter = Counter()
     lock = threading.Lock()
 
@@ -150,6 +155,8 @@ def scripted(script: dict[tuple[str, int], list[Any]]) -> Callable[[dict[str, An
             seen[key] += 1
         if answer is good:
             return good(request)
+        if answer is HANG_UP:
+            return None, None
         if isinstance(answer, int):
             return answer, {"error": {"message": f"scripted {answer}"}}
         return 200, completion(answer)

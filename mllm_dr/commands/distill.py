@@ -6,7 +6,12 @@ interview and the true item score, writes the ``Evaluation Reason:`` that stage 
 
 E-DAIC-WOZ, DAIC-WOZ and CMDC are distributed under end-user licence agreements that forbid sharing
 the transcripts (or anything derived from them) with third parties: an endpoint that is not on this
-machine is refused unless you pass --allow-remote.
+machine is refused unless you pass --allow-remote (and a warning is printed whenever it is used).
+
+One run at a time writes a rationales file: a second run into the same file stops at once with a
+one-line message. Each request to an endpoint has a total deadline (--timeout), and a run stops
+after --max_consecutive_failures items in a row got no answer (everything written stays; rerun to
+resume).
 """
 
 from __future__ import annotations
@@ -20,15 +25,19 @@ from transformers import HfArgumentParser
 
 from ..data import SPLITS, CorpusArguments, failures_path, load_splits
 from ..distillation import (
+    DEFAULT_MAX_CONSECUTIVE_FAILURES,
     DEFAULT_SPLITS,
     LICENCE_NOTICE,
+    EndpointUnreachable,
     LocalTeacher,
     OpenAICompatibleTeacher,
     Teacher,
     check_endpoint_allowed,
     distill,
     is_loopback_url,
+    remote_warning,
 )
+from ..io import FolderInUse
 
 logger = logging.getLogger("mllm_dr.distill")
 
@@ -80,8 +89,21 @@ class TeacherArguments:
         metadata={"help": "Permit an endpoint that is not on this machine (read the licence note first).",
                   "aliases": ["--allow-remote"]},
     )
-    timeout: float = field(default=120.0, metadata={"help": "Endpoint: seconds per request."})
-    http_retries: int = field(default=5, metadata={"help": "Endpoint: retries after 5xx/429/connection errors."})
+    timeout: float = field(
+        default=120.0,
+        metadata={"help": "Endpoint: deadline in seconds for a whole request (connect, send and the complete reply), "
+                          "enforced however slowly the server sends; a request past it is retried like a "
+                          "connection error."},
+    )
+    http_retries: int = field(
+        default=5, metadata={"help": "Endpoint: retries after 5xx/429/connection errors/a passed deadline."}
+    )
+    max_consecutive_failures: int = field(
+        default=DEFAULT_MAX_CONSECUTIVE_FAILURES,
+        metadata={"help": "Endpoint: stop the run after this many items in a row got no answer (every retry refused, "
+                          "reset, past the deadline or 408/429/5xx); any answer resets the count; 0: never stop. "
+                          "Everything written stays; rerun to resume."},
+    )
     retry_base_delay: float = field(default=1.0, metadata={"help": "Endpoint: first back-off delay (doubles each retry)."})
     max_retry_delay: float = field(default=60.0, metadata={"help": "Endpoint: cap on one back-off delay (s)."})
     num_workers: int = field(default=1, metadata={"help": "Endpoint: concurrent requests."})
@@ -109,6 +131,9 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError as error:
             print(f"error: {error}", file=sys.stderr)
             return 2
+        warning = remote_warning(teacher_args.api_base)  # allowed, so --allow-remote was given
+        if warning:
+            print(warning, file=sys.stderr)
         api_key = os.environ.get(teacher_args.api_key_env) or None
         if api_key is None:
             if not is_loopback_url(teacher_args.api_base):
@@ -157,7 +182,14 @@ def main(argv: list[str] | None = None) -> int:
             format_retries=teacher_args.format_retries,
             limit=args.limit,
             progress=args.progress,
+            max_consecutive_failures=teacher_args.max_consecutive_failures,
         )
+    except FolderInUse as error:  # another run writes this file: nothing was asked or written
+        raise SystemExit(f"error: {error}") from None
+    except EndpointUnreachable as error:
+        print(f"error: {error}", file=sys.stderr)
+        print(f"failures recorded in {failures_path(args.rationales)} (a rerun retries them)", file=sys.stderr)
+        return 2
     except (OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -124,6 +124,24 @@ class LoadedCorpus:
         """Participants left out by the loader or the feature cache (``on_error="skip"``)."""
         return sorted({p for report in self.reports for p in report.skipped_participants}, key=natural_key)
 
+    def left_out(self) -> dict[str, Any]:
+        """What the run's outputs record of the data they do not cover: ``skipped`` (one entry per
+        problem: participant, file, problem; ``on_error="skip"``) and ``missing_modality``
+        (``{modality: [participants scored without it]}``, rows whose feature file is absent)."""
+        skipped = [
+            {"participant_id": p.participant_id, "path": p.path, "problem": p.problem}
+            for report in self.reports for p in report.skipped
+        ]  # fmt: skip
+        missing: dict[str, list[str]] = {}
+        for modality in ("audio", "video"):
+            ids = set()
+            for split in self.data.values():
+                if f"{modality}_files" in split.column_names:
+                    columns = split.select_columns(["participant_id", f"{modality}_files"]).to_dict()
+                    ids.update(pid for pid, files in zip(columns["participant_id"], columns[f"{modality}_files"]) if not files)
+            missing[modality] = sorted(ids, key=natural_key)
+        return {"skipped": skipped, "missing_modality": missing}
+
 
 def load_splits(
     args: CorpusArguments,
