@@ -202,3 +202,17 @@ def export_merged(model: torch.nn.Module, processor: MllmDrProcessor, output_dir
     merged.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     return output_dir
+
+
+def check_weight_files(folder: str | Path) -> None:
+    """Every ``.safetensors`` file directly in ``folder`` opens and holds whole tensors (its header
+    parses and the file is as long as the header says): a truncated copy raises ``ValueError``
+    naming the file instead of a deep traceback at load time. Reads headers only."""
+    from safetensors import safe_open
+
+    for file in sorted(Path(folder).glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt") as handle:
+                handle.keys()
+        except Exception as error:  # safetensors raises its own SafetensorError, or OSError
+            raise ValueError(f"{file}: not a readable safetensors file ({error}): truncated or damaged copy?") from None

@@ -24,6 +24,7 @@ from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from ..checkpoints import export_adapter, export_merged
 from ..data import CorpusArguments, FeatureCacheArguments, MllmDrCollator, load_splits, tokenize_rows
+from ..data.checks import data_fingerprint
 from ..io import write_json_atomic, write_text_atomic
 from ..training import (
     MllmDrTrainer,
@@ -39,6 +40,7 @@ from ..training import (
     precompute_modality_embeddings,
     truncation_summary,
 )
+from ..training.resume import check_checkpoint, check_data, resolve_checkpoint
 
 logger = logging.getLogger("mllm_dr.train")
 
@@ -111,6 +113,13 @@ def validate(
         raise SystemExit(f"{out} exists and is not empty: pass --overwrite_output_dir or --resume_from_checkpoint")
 
 
+def left_out(corpus, modalities: list[str]) -> dict:
+    """What the run does not cover: skipped data, and participants without a modality the model uses."""
+    record = corpus.left_out()
+    record["missing_modality"] = {m: ids for m, ids in record["missing_modality"].items() if m in modalities}
+    return record
+
+
 def main(argv: list[str] | None = None) -> int:
     model_args, corpus_args, cache_args, data_args, args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -120,11 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.stage == 1:
         args.score_loss_weight = 0.0  # the head is not part of stage 1
     set_seed(args.seed)
+    try:  # a damaged checkpoint is named now, not after the data and the model are loaded
+        resume = resolve_checkpoint(args.resume_from_checkpoint, args.output_dir)
+        if resume is not None:
+            check_checkpoint(resume)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
 
     # Rows first (the questionnaire comes from the corpus), then the model, then the feature cache
     # with the model's frame policies. test is never read.
     try:
         corpus = load_splits(corpus_args, ("train", "dev"), rationales=data_args.rationales)
+        with_rationale = args.stage == 2
+        corpus.check_targets(with_rationale)  # every row labelled (stage 2: a rationale for that label)
         stage = build_stage_model(model_args, args, corpus.questionnaire, data_args.max_transcript_tokens)
         model, processor, base, mode = stage.model, stage.processor, stage.base, stage.mode
         corpus.cache_features(processor, cache_args.feature_cache_dir)
@@ -133,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
             train_rows = train_rows.select(range(min(len(train_rows), data_args.max_train_samples)))
         if data_args.max_eval_samples:
             dev_rows = dev_rows.select(range(min(len(dev_rows), data_args.max_eval_samples)))
-        with_rationale = args.stage == 2
+        fingerprint = data_fingerprint({"train": train_rows, "dev": dev_rows})
+        if resume is not None:
+            check_data(resume, fingerprint, data_args.allow_data_change)
         # Tokenized once for the whole run (the collator only pads); rows that cannot be trained on are refused here.
         train_rows = tokenize_rows(train_rows, processor, mode, with_targets=True, with_rationale=with_rationale)
         if len(dev_rows):
@@ -175,6 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         score_loss_weight=args.score_loss_weight,
         learning_rates=args.group_learning_rates(),
         expected_trainable=stage.trainable_patterns,
+        data_fingerprint=fingerprint,
     )
     trainable = {n: p.numel() for n, p in base.named_parameters() if p.requires_grad}
     logger.info("stage %d, mode %s: %d trainable tensors, %d parameters", args.stage, mode, len(trainable), sum(trainable.values()))
@@ -204,42 +224,62 @@ def main(argv: list[str] | None = None) -> int:
             "rationales_sha256": file_fingerprint(data_args.rationales),
             "transcripts": truncation_summary(train_rows, processor.inputs_for(mode).transcript),
             "max_transcript_tokens": processor.max_transcript_tokens,
+            "fingerprint": fingerprint,
             "skipped_participants": corpus.skipped_participants,
+            "skipped_items": corpus.skipped_items,
+            "left_out": left_out(corpus, modalities),
         },
         "trainable_parameters": sum(trainable.values()),
     }
     if args.should_save:
         write_json_atomic(Path(args.output_dir) / "run_manifest.json", manifest)
 
-    result = trainer.train(resume_from_checkpoint=args.resume_from_checkpoint)
+    result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
-    evaluated = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
-    if len(dev_rows) and args.final_dev_eval:
-        metrics.update(evaluated[-1] if evaluated and evaluated[-1].get("step") == trainer.state.global_step else trainer.evaluate())
-    manifest["final_metrics"] = metrics
     manifest["global_step"] = trainer.state.global_step
     manifest["log_history"] = trainer.state.log_history
+    out = Path(args.output_dir)
 
-    if args.should_save:
-        out = Path(args.output_dir)
+    def write_card_and_manifest(metrics: dict) -> None:
+        manifest["final_metrics"] = metrics
         card = model_card(
             args.stage, stage.base_model, corpus.spec.name, {"train": len(train_rows), "dev": len(dev_rows)},
             {k: v for k, v in metrics.items() if k.startswith("eval_")}, mode,
         )  # fmt: skip
+        for folder in [out] if args.stage == 1 else [out / "adapter", out / "merged"]:
+            write_text_atomic(folder / "README.md", card)
+        write_json_atomic(out / "run_manifest.json", manifest)
+
+    # What training earned is exported before anything else can fail (the final dev evaluation).
+    if args.should_save:
         if args.stage == 1:
             export_adapter(model, processor, out, stage.base_model, None, {"stage": 1, "mode": mode})
-            write_text_atomic(out / "README.md", card)
         else:
             export_adapter(model, processor, out / "adapter", stage.base_model, stage.lora_config, {"stage": 2, "mode": mode})
-            write_text_atomic(out / "adapter" / "README.md", card)
             merged_dir = out / "merged"
             if merged_dir.exists():
                 shutil.rmtree(merged_dir)
             export_merged(model, processor, merged_dir)
-            write_text_atomic(merged_dir / "README.md", card)
-        write_json_atomic(out / "run_manifest.json", manifest)
-        if args.push_to_hub:
-            trainer.push_to_hub(commit_message=f"MLlm-DR stage {args.stage}")
+        write_card_and_manifest(metrics)
+    evaluated = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
+    if len(dev_rows) and args.final_dev_eval:
+        if evaluated and evaluated[-1].get("step") == trainer.state.global_step:
+            metrics.update(evaluated[-1])
+        else:
+            try:
+                metrics.update(trainer.evaluate())
+            except Exception as error:  # the exports above stay; say what failed and where they are
+                if args.should_save:
+                    manifest["final_dev_eval_error"] = f"{type(error).__name__}: {error}"
+                    write_json_atomic(out / "run_manifest.json", manifest)
+                raise SystemExit(
+                    f"error: the final dev evaluation failed ({type(error).__name__}: {error}); training finished "
+                    f"and its exports in {out} are complete (run_manifest.json records the failure)"
+                ) from error
+        if args.should_save:
+            write_card_and_manifest(metrics)
+    if args.should_save and args.push_to_hub:
+        trainer.push_to_hub(commit_message=f"MLlm-DR stage {args.stage}")
     # Every rank waits for the main one to finish exporting, then the process group is torn down:
     # a rank that exits while another still runs can make gloo abort the survivor (SIGABRT).
     trainer.accelerator.wait_for_everyone()

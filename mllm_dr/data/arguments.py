@@ -3,7 +3,9 @@ the one function that turns them into dataset rows."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -11,9 +13,12 @@ from typing import Any
 
 import datasets
 
-from .cache import build_feature_cache
+from .cache import build_feature_cache, check_feature_sequences
+from .checks import checked, modality_problems, target_problems
 from .registry import CORPORA, CorpusSpec, get_corpus
 from .report import ON_ERROR, LoadReport, natural_key
+
+logger = logging.getLogger("mllm_dr.data")
 
 CACHE_DIRNAME = ".mllm_dr_cache"
 
@@ -46,17 +51,31 @@ class CorpusArguments:
     )
     on_error: str = field(
         default="raise",
-        metadata={"help": "Broken participant data: raise (stop, naming participant, file and problem) | skip "
-                  "(leave the participant out; recorded in the run's outputs).", "choices": list(ON_ERROR)},
+        metadata={"help": "Broken data: raise (stop before any long work, naming participant, item, file and "
+                  "problem) | skip (leave the participant, or the item row, out; recorded in the run's outputs). "
+                  "See README, 'Broken data'.", "choices": list(ON_ERROR)},
     )
+    require_modalities: str | None = field(
+        default=None,
+        metadata={"help": "Comma-separated modalities (audio, video) every participant must have: a missing "
+                  "feature file is then broken data (--on_error decides) instead of a missing modality."},
+    )
+
+    def required_modalities(self) -> list[str]:
+        names = [m.strip() for m in (self.require_modalities or "").split(",") if m.strip()]
+        unknown = sorted(set(names) - {"audio", "video"})
+        if unknown:
+            raise ValueError(f"--require_modalities takes audio and/or video, got {unknown}")
+        return names
 
     def spec(self) -> CorpusSpec:
         return get_corpus(self.dataset_format)
 
     def loader_kwargs(self) -> dict[str, Any]:
         """The loader's keyword arguments for the options given; an option this corpus does not take
-        is refused rather than ignored."""
+        is refused rather than ignored (``--require_modalities`` is checked here too)."""
         spec = self.spec()
+        self.required_modalities()
         kwargs: dict[str, Any] = {}
         for option in ("visual", "cmdc_split"):
             value = getattr(self, option)
@@ -99,6 +118,7 @@ class LoadedCorpus:
     reports: list[LoadReport]
     data_dir: str
     on_error: str = "raise"
+    rationales: str | None = None
 
     def __getitem__(self, split: str) -> datasets.Dataset:
         return self.data[split]
@@ -106,12 +126,15 @@ class LoadedCorpus:
     def cache_features(self, frames: Any, cache_dir: str | os.PathLike | None = None, progress: bool | None = None) -> None:
         """Builds the feature cache for the rows with ``frames``' (the processor's) frame policies,
         in ``cache_dir`` (default ``DATA_DIR/.mllm_dr_cache``), where the corpus uses one
-        (:attr:`CorpusSpec.feature_cache`)."""
+        (:attr:`CorpusSpec.feature_cache`); elsewhere reads each feature sequence once to check it.
+        Either way an unreadable or non-finite sequence goes to ``on_error`` here, not mid-run."""
         if not self.spec.feature_cache:
             if cache_dir is not None:
                 raise ValueError(
                     f"--feature_cache_dir does not apply to --dataset_format {self.spec.name} (its features are read as they are)"
                 )
+            self.data, report = check_feature_sequences(self.data, frames, on_error=self.on_error, progress=progress, return_report=True)
+            self.reports.append(report)
             return
         cache_dir = cache_dir or os.path.join(self.data_dir, CACHE_DIRNAME)
         self.data, report = build_feature_cache(
@@ -119,19 +142,35 @@ class LoadedCorpus:
         )
         self.reports.append(report)
 
+    def check_targets(self, with_rationale: bool) -> None:
+        """Every row must be trainable: an item label (a participant with none is one problem), and
+        with ``with_rationale`` (stage 2) a rationale written for that label. ``on_error`` refuses
+        them together, naming participant, item and file, or drops and records them."""
+        report = LoadReport("training targets")
+        problems = target_problems(
+            self.data, with_rationale=with_rationale, labels_source=f"{self.data_dir} (item labels)",
+            rationales_source=self.rationales,
+        )  # fmt: skip
+        self.data = checked(self.data, problems, self.on_error, report, "row(s) cannot be trained or validated on")
+        if report.skipped:
+            logger.warning("%s", report.summary())
+        self.reports.append(report)
+
     @property
     def skipped_participants(self) -> list[str]:
-        """Participants left out by the loader or the feature cache (``on_error="skip"``)."""
+        """Participants left out whole by the loader, the checks or the feature cache (``on_error="skip"``)."""
         return sorted({p for report in self.reports for p in report.skipped_participants}, key=natural_key)
+
+    @property
+    def skipped_items(self) -> int:
+        """Item rows left out (participants that keep other items)."""
+        return sum(report.skipped_items for report in self.reports)
 
     def left_out(self) -> dict[str, Any]:
         """What the run's outputs record of the data they do not cover: ``skipped`` (one entry per
-        problem: participant, file, problem; ``on_error="skip"``) and ``missing_modality``
+        problem: participant, item for a row-level one, file, problem; ``on_error="skip"``) and ``missing_modality``
         (``{modality: [participants scored without it]}``, rows whose feature file is absent)."""
-        skipped = [
-            {"participant_id": p.participant_id, "path": p.path, "problem": p.problem}
-            for report in self.reports for p in report.skipped
-        ]  # fmt: skip
+        skipped = [problem.to_dict() for report in self.reports for problem in report.skipped]
         missing: dict[str, list[str]] = {}
         for modality in ("audio", "video"):
             ids = set()
@@ -159,15 +198,25 @@ def load_splits(
     if args.data_dir is None:
         raise ValueError("--data_dir is required")
     spec = args.spec()
-    data, report = spec.load(
-        args.data_dir, on_error=args.on_error, rationales_path=rationales, return_report=True, **args.loader_kwargs()
-    )
+    required = args.required_modalities()
+    kwargs = args.loader_kwargs()
+    takes = inspect.signature(spec.loader).parameters
+    by_loader = [m for m in required if f"require_{m}" in takes]  # the loader names the missing file
+    kwargs.update({f"require_{m}": True for m in by_loader})
+    data, report = spec.load(args.data_dir, on_error=args.on_error, rationales_path=rationales, return_report=True, **kwargs)
     template = next(iter(data.values()))
     selected = {}
     for split in splits:
         selected[split] = data[split] if split in data else template.select([])
     data = datasets.DatasetDict(selected)
-    corpus = LoadedCorpus(data, spec, spec.questionnaire_of(data), [report], str(args.data_dir), args.on_error)
+    generic = [m for m in required if m not in by_loader]
+    if generic:
+        problems = modality_problems(data, generic, str(args.data_dir))
+        data = checked(data, problems, args.on_error, report, "participant(s) lack a required modality")
+    corpus = LoadedCorpus(
+        data, spec, spec.questionnaire_of(data), [report], str(args.data_dir), args.on_error,
+        None if rationales is None else str(rationales),
+    )  # fmt: skip
     if frames is not None:
         corpus.cache_features(frames, cache_dir, progress=progress)
     return corpus

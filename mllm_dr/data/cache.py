@@ -15,7 +15,7 @@ import json
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -59,12 +59,25 @@ def cache_path_for(
     return Path(cache_dir) / f"{Path(described[0]['path']).stem}-{digest}.npy"
 
 
-def _convert(sources: tuple[str, ...], destination: Path, settings: Mapping[str, Any], dtype: np.dtype) -> None:
-    array = open_sequence(list(sources))
-    reduced = np.asarray(reduce_frames(array, settings))
-    if not np.isfinite(reduced).all():
-        bad = int((~np.isfinite(reduced)).any(axis=1).sum())
+def _require_files(sources: tuple[str, ...]) -> None:
+    missing = [s for s in sources if not Path(s).is_file()]
+    if missing:
+        raise Broken(missing[0], "missing file")
+
+
+def reduced_frames(sources: tuple[str, ...], settings: Mapping[str, Any]) -> np.ndarray:
+    """A feature sequence's frames after its frame policy, checked finite (raises :class:`Broken`)."""
+    _require_files(sources)
+    reduced = np.asarray(reduce_frames(open_sequence(list(sources)), settings))
+    finite = np.isfinite(reduced)
+    if not finite.all():
+        bad = int((~finite).any(axis=1).sum())
         raise Broken(sources[0], f"{bad} frame(s) contain NaN or inf")
+    return reduced
+
+
+def _convert(sources: tuple[str, ...], destination: Path, settings: Mapping[str, Any], dtype: np.dtype) -> None:
+    reduced = reduced_frames(sources, settings)
     with np.errstate(over="ignore"):  # reported just below, with the file's name
         out = reduced.astype(dtype)
     overflow = np.isinf(out) & np.isfinite(reduced)
@@ -74,6 +87,84 @@ def _convert(sources: tuple[str, ...], destination: Path, settings: Mapping[str,
             f"values up to {float(np.abs(reduced[overflow]).max()):.4g} overflow {dtype.name}; use dtype='float32'",
         )
     save_npy_atomic(destination, out)
+
+
+def _sequence_users(dataset_dict: datasets.DatasetDict) -> dict[tuple[str, tuple[str, ...]], set[str]]:
+    """``{(modality, source files): participants}``: each distinct feature sequence, and who uses it."""
+    users: dict[tuple[str, tuple[str, ...]], set[str]] = defaultdict(set)
+    for split in dataset_dict.values():
+        for pid, audio, video in zip(split["participant_id"], split["audio_files"], split["video_files"], strict=True):
+            for modality, files in (("audio", audio), ("video", video)):
+                if files:
+                    users[(modality, tuple(files))].add(pid)
+    return users
+
+
+def _for_each_sequence(
+    users: Mapping[tuple[str, tuple[str, ...]], set[str]],
+    work: Callable[[str, tuple[str, ...]], None],
+    on_error: str,
+    report: LoadReport,
+    progress: bool | None,
+    desc: str,
+) -> set[str]:
+    """Runs ``work(modality, sources)`` once per sequence; a :class:`Broken` one raises naming its
+    participants (``on_error="raise"``) or records them as skipped. Returns the skipped participants."""
+    from tqdm.auto import tqdm
+
+    failed: set[str] = set()
+    disable = None if progress is None else not progress  # None: only on a terminal
+    for modality, sources in tqdm(sorted(users), desc=desc, unit="sequence", disable=disable):
+        try:
+            work(modality, sources)
+        except Broken as error:
+            who = sorted(users[(modality, sources)], key=natural_key)
+            if on_error == "raise":
+                raise ValueError(f"participant(s) {', '.join(who)}: {error.path}: {error.problem}") from None
+            for pid in who:
+                report.skipped.append(Problem(pid, error.path, error.problem))
+            failed.update(who)
+    return failed
+
+
+def drop_participants(dataset_dict: datasets.DatasetDict, participants: set[str]) -> datasets.DatasetDict:
+    """``dataset_dict`` without the rows of ``participants``."""
+    if not participants:
+        return dataset_dict
+    out = {}
+    for name, split in dataset_dict.items():
+        keep = [i for i, pid in enumerate(split["participant_id"]) if pid not in participants]
+        out[name] = split.select(keep) if len(keep) != len(split) else split
+    return datasets.DatasetDict(out)
+
+
+def check_feature_sequences(
+    dataset_dict: datasets.DatasetDict,
+    frames: Any,
+    *,
+    on_error: str = "raise",
+    progress: bool | None = None,
+    return_report: bool = False,
+) -> datasets.DatasetDict | tuple[datasets.DatasetDict, LoadReport]:
+    """For corpora read without a cache: reads every feature sequence the rows reference once,
+    through its modality's frame policy (``frames``: the model's processor or config), and checks
+    that it is readable and finite, so that a broken file stops the run (``on_error="raise"``) or
+    drops its participants (``"skip"``, recorded) before training or evaluation starts rather than
+    in the middle of it."""
+    check_on_error(on_error)
+    policy = frame_settings_of(frames)
+    report = LoadReport("feature check")
+    users = _sequence_users(dataset_dict)
+
+    def check(modality: str, sources: tuple[str, ...]) -> None:
+        reduced_frames(sources, policy[modality])
+
+    failed = _for_each_sequence(users, check, on_error, report, progress, "feature check")
+    report.notes.append(f"{len(users)} feature sequence(s) checked: readable and finite after the frame policy")
+    if report.skipped:
+        logger.warning("%s", report.summary())
+    result = drop_participants(dataset_dict, failed)
+    return (result, report) if return_report else result
 
 
 def build_feature_cache(
@@ -109,45 +200,25 @@ def build_feature_cache(
     cache_dir.mkdir(parents=True, exist_ok=True)
     report, notes = LoadReport("feature cache"), Notes()
 
-    users: dict[tuple[str, tuple[str, ...]], set[str]] = defaultdict(set)
-    for split in dataset_dict.values():
-        for pid, audio, video in zip(split["participant_id"], split["audio_files"], split["video_files"], strict=True):
-            for modality, files in (("audio", audio), ("video", video)):
-                if files:
-                    users[(modality, tuple(files))].add(pid)
-
-    from tqdm.auto import tqdm
-
+    users = _sequence_users(dataset_dict)
     targets: dict[tuple[str, tuple[str, ...]], str] = {}
-    failed: set[str] = set()
     written = 0
-    disable = None if progress is None else not progress  # None: only on a terminal
-    for modality, sources in tqdm(sorted(users), desc="feature cache", unit="sequence", disable=disable):
-        try:
-            missing = [s for s in sources if not Path(s).is_file()]
-            if missing:
-                raise Broken(missing[0], "missing file")
-            destination = cache_path_for(sources, cache_dir, settings[modality])
-            if not destination.is_file():
-                _convert(sources, destination, settings[modality], dtype)
-                written += 1
-            targets[(modality, sources)] = str(destination.resolve())
-        except Broken as error:
-            who = sorted(users[(modality, sources)], key=natural_key)
-            if on_error == "raise":
-                raise ValueError(f"participant(s) {', '.join(who)}: {error.path}: {error.problem}") from None
-            for pid in who:
-                report.skipped.append(Problem(pid, error.path, error.problem))
-            failed.update(who)
+
+    def convert(modality: str, sources: tuple[str, ...]) -> None:
+        nonlocal written
+        _require_files(sources)
+        destination = cache_path_for(sources, cache_dir, settings[modality])
+        if not destination.is_file():
+            _convert(sources, destination, settings[modality], dtype)
+            written += 1
+        targets[(modality, sources)] = str(destination.resolve())
+
+    failed = _for_each_sequence(users, convert, on_error, report, progress, "feature cache")
     notes.add(f"{written} sequence(s) converted, {len(targets) - written} already cached in {cache_dir}")
 
     out = {}
     text = datasets.Value("string")
-    for name, split in dataset_dict.items():
-        if failed:
-            keep = [i for i, pid in enumerate(split["participant_id"]) if pid not in failed]
-            if len(keep) != len(split):
-                split = split.select(keep)
+    for name, split in drop_participants(dataset_dict, failed).items():
         rows = split.select_columns(["audio_files", "video_files"]).to_list()
         columns = {}
         for modality in MODALITIES:

@@ -31,6 +31,18 @@ def _h5py_or_broken(path: Path):
     return h5py
 
 
+def _refuse_empty(path: Path) -> None:
+    if path.stat().st_size == 0:
+        raise Broken(path, "empty file (0 bytes: an interrupted copy?)")
+
+
+def _mat_errors() -> tuple[type[Exception], ...]:
+    """What scipy raises for a damaged ``.mat`` (an empty or zero-filled file: ``MatReadError``)."""
+    from scipy.io.matlab import MatReadError
+
+    return (ValueError, OSError, TypeError, EOFError, MatReadError)
+
+
 def _mat_shape(path: Path) -> tuple[int, ...]:
     from scipy.io import whosmat
 
@@ -42,7 +54,7 @@ def _mat_shape(path: Path) -> tuple[int, ...]:
             if "feature" not in handle:
                 raise Broken(path, f"no variable 'feature' (found: {sorted(handle.keys())})") from None
             return tuple(reversed(handle["feature"].shape))  # MATLAB is column-major
-    except (ValueError, OSError, TypeError) as error:
+    except _mat_errors() as error:
         raise Broken(path, f"not a readable MATLAB .mat file ({error})") from None
     for name, shape, _cls in variables:
         if name == "feature":
@@ -57,6 +69,7 @@ def _shape(path: Path) -> tuple[int | None, int]:
     if suffix == ".npy":
         shape = open_feature(path).shape  # a memory map: only the header is read
     elif suffix == ".mat":
+        _refuse_empty(path)
         shape = _mat_shape(path)
     elif suffix in (".csv", ".txt"):
         try:
@@ -96,7 +109,7 @@ def _read_mat(path: Path) -> np.ndarray:
             if "feature" not in handle:
                 raise Broken(path, f"no variable 'feature' (found: {sorted(handle.keys())})") from None
             return np.asarray(handle["feature"][()]).T
-    except (ValueError, OSError, TypeError) as error:
+    except _mat_errors() as error:
         raise Broken(path, f"not a readable MATLAB .mat file ({error})") from None
     if "feature" not in content:
         raise Broken(path, "no variable 'feature' in the .mat file")
@@ -128,11 +141,15 @@ def open_feature(path: Path) -> np.ndarray:
     reads only what it keeps."""
     if not path.is_file():
         raise Broken(path, "missing file")
+    _refuse_empty(path)
     suffix = path.suffix.lower()
     if suffix == ".npy":
+        with path.open("rb") as handle:
+            if handle.read(6) != b"\x93NUMPY":
+                raise Broken(path, "not a .npy file (no NumPy header: a damaged or zero-filled copy?)")
         try:
             array = np.load(path, mmap_mode="r", allow_pickle=False)
-        except (ValueError, OSError) as error:
+        except (ValueError, OSError, EOFError) as error:
             raise Broken(path, f"not a plain numeric .npy array (pickled objects are refused) ({error})") from None
     elif suffix == ".mat":
         array = _read_mat(path)

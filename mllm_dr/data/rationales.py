@@ -143,8 +143,10 @@ def attach_rationales(
     dataset_dict: datasets.DatasetDict, path: str | os.PathLike, notes: Notes | None = None
 ) -> datasets.DatasetDict:
     """Sets each row's ``rationale`` from ``path`` where a record exists for its (participant, item),
-    keeping the row's own otherwise. Records written for another label than the row's, and labelled
-    rows left without a rationale, are noted (in ``notes``, or logged)."""
+    keeping the row's own otherwise, and ``rationale_label`` to the label the record was written for
+    (``None`` without a record), which training checks against the row's label. Records written for
+    another label than the row's, and labelled rows left without a rationale, are noted (in
+    ``notes``, or logged)."""
     records = load_rationales(path)
     own_notes = notes is None
     notes = Notes() if notes is None else notes
@@ -159,7 +161,11 @@ def attach_rationales(
                 notes.add(f"{path}: rationale written for a different label than the corpus's", str(pid))
         used += sum(record is not None for record in found)
         missing += sum(label is not None and not value for label, value in zip(split["label"], values))
-        out[name] = replace_columns(split, {"rationale": (values, datasets.Value("string"))})
+        written_for = [record.label if record is not None else None for record in found]
+        out[name] = replace_columns(
+            split,
+            {"rationale": (values, datasets.Value("string")), "rationale_label": (written_for, datasets.Value("int64"))},
+        )
     if missing:
         notes.add(f"{path}: {used} row(s) got a rationale; {missing} labelled row(s) have none")
     if own_notes:

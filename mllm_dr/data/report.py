@@ -22,14 +22,23 @@ def natural_key(text: str) -> tuple:
 
 @dataclass(frozen=True)
 class Problem:
-    """One broken-data finding: which participant, which file, what is wrong."""
+    """One broken-data finding: which participant (and, for a finding about one row, which item),
+    which file, what is wrong."""
 
     participant_id: str
     path: str
     problem: str
+    item_index: int | None = None
 
     def __str__(self) -> str:
-        return f"participant {self.participant_id}: {self.path}: {self.problem}"
+        item = "" if self.item_index is None else f", item {self.item_index}"
+        return f"participant {self.participant_id}{item}: {self.path}: {self.problem}"
+
+    def to_dict(self) -> dict[str, str | int]:
+        record: dict[str, str | int] = {"participant_id": self.participant_id, "path": self.path, "problem": self.problem}
+        if self.item_index is not None:
+            record["item_index"] = self.item_index
+        return record
 
 
 @dataclass
@@ -42,10 +51,16 @@ class LoadReport:
 
     @property
     def skipped_participants(self) -> list[str]:
-        return sorted({p.participant_id for p in self.skipped}, key=natural_key)
+        """Participants left out whole (not those that lost single items)."""
+        return sorted({p.participant_id for p in self.skipped if p.item_index is None}, key=natural_key)
+
+    @property
+    def skipped_items(self) -> int:
+        return sum(p.item_index is not None for p in self.skipped)
 
     def summary(self) -> str:
-        lines = [f"{self.corpus}: {len(self.skipped_participants)} participant(s) skipped, {len(self.notes)} note(s)"]
+        items = f", {self.skipped_items} item row(s) skipped" if self.skipped_items else ""
+        lines = [f"{self.corpus}: {len(self.skipped_participants)} participant(s) skipped{items}, {len(self.notes)} note(s)"]
         lines += [f"  skipped {problem}" for problem in self.skipped]
         lines += [f"  note: {note}" for note in self.notes]
         return "\n".join(lines)

@@ -53,6 +53,11 @@ class TrainDataArguments:
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on at most this many rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many dev rows."})
+    allow_data_change: bool = field(
+        default=False,
+        metadata={"help": "Resume a checkpoint on data other than it was trained on (normally refused: labels, "
+                  "rationales, transcripts or feature files changed)."},
+    )
 
 
 @dataclass

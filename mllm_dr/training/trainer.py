@@ -17,6 +17,8 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer
 
 from ..checkpoints import TRAINABLE_STATE_FILE, load_named_state, trainable_state, unwrap
+from ..io import write_json_atomic
+from .resume import DATA_FILE
 
 logger = logging.getLogger("mllm_dr.training")
 
@@ -77,9 +79,11 @@ class MllmDrTrainer(Trainer):
         score_loss_weight: float = 1.0,
         learning_rates: dict[str, float] | None = None,
         expected_trainable: Sequence[str] | None = None,
+        data_fingerprint: str | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        self.data_fingerprint = data_fingerprint
         self.loss_schedule = loss_schedule
         self.lm_loss_weight = lm_loss_weight
         self.score_loss_weight = score_loss_weight
@@ -226,6 +230,8 @@ class MllmDrTrainer(Trainer):
         base.config.save_pretrained(output_dir)
         if self.processing_class is not None:
             self.processing_class.save_pretrained(output_dir)
+        if self.data_fingerprint is not None:  # a resume compares it (mllm_dr.training.resume.check_data)
+            write_json_atomic(os.path.join(output_dir, DATA_FILE), {"data_fingerprint": self.data_fingerprint})
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
         path = os.path.join(resume_from_checkpoint, TRAINABLE_STATE_FILE)
