@@ -23,8 +23,7 @@ import torch
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
 from ..checkpoints import export_adapter, export_merged
-from ..data import CorpusArguments, FeatureCacheArguments, MllmDrCollator, load_splits, tokenize_rows
-from ..data.checks import data_fingerprint
+from ..data import CorpusArguments, FeatureCacheArguments, MllmDrCollator, data_fingerprint, load_splits, tokenize_rows
 from ..io import write_json_atomic, write_text_atomic
 from ..training import (
     MllmDrTrainer,

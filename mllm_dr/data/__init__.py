@@ -10,14 +10,16 @@
   row's frames to the model; :func:`read_features` is the one reader of ``.npy`` / ``.mat`` / OpenFace
   CSV files.
 * :class:`CorpusArguments` is the corpus options of every command line; :func:`load_splits` turns
-  them into rows.
+  them into rows, and :meth:`LoadedCorpus.check_targets` checks that every row a run trains on has
+  its label and rationale (``checks.py``, also the :func:`data_fingerprint` a resume compares).
 * ``rationales.jsonl``: :class:`Rationale`, :class:`RationaleWriter`, :func:`load_rationales`,
   :func:`attach_rationales`.
 * :func:`tokenize_rows` and :class:`MllmDrCollator` build model inputs from rows.
 """
 
 from .arguments import CorpusArguments, FeatureCacheArguments, LoadedCorpus, load_splits
-from .cache import build_feature_cache, cache_path_for
+from .cache import build_feature_cache, cache_path_for, check_feature_sequences
+from .checks import data_fingerprint
 from .cmdc import OPENFACE_DIM as CMDC_OPENFACE_DIM
 from .cmdc import cmdc_protocol_split, cmdc_subject_id, load_cmdc, load_question_map
 from .collator import MllmDrCollator, tokenize_rows, tokenize_samples
@@ -58,9 +60,11 @@ __all__ = [
     "attach_rationales",
     "build_feature_cache",
     "cache_path_for",
+    "check_feature_sequences",
     "cmdc_protocol_split",
     "cmdc_subject_id",
     "concatenate_corpora",
+    "data_fingerprint",
     "failures_path",
     "feature_key",
     "feature_shape",
