@@ -62,6 +62,6 @@ def test_invalid_records_raise_with_location(tmp_path, change, message):
 def test_duplicate_key_in_file_is_an_error(tmp_path):
     path = tmp_path / "rationales.jsonl"
     path.write_text((json.dumps(record()) + "\n") * 2)
-    with pytest.raises(ValueError, match="appears more than once"):
+    with pytest.raises(ValueError, match=rf"{path}:2: participant 302, item 3 is already on line 1"):
         load_rationales(path)
     assert Rationale.from_dict(record()).key == ("302", 3)

@@ -95,10 +95,16 @@ def load_rationales(path: str | Path) -> dict[tuple[str, int], Rationale]:
     if not Path(path).is_file():
         raise ValueError(f"{path}: rationales file not found")
     records: dict[tuple[str, int], Rationale] = {}
-    for record in iter_rationales(path):
+    lines: dict[tuple[str, int], int] = {}
+    for number, raw in read_jsonl(path):
+        record = Rationale.from_dict(raw, f"{path}:{number}")
         if record.key in records:
-            raise ValueError(f"{path}: key {record.key} appears more than once")
+            raise ValueError(
+                f"{path}:{number}: participant {record.participant_id}, item {record.item_index} is already on line "
+                f"{lines[record.key]} (mllm-dr-distill keeps one record per item and repairs identical duplicates)"
+            )
         records[record.key] = record
+        lines[record.key] = number
     return records
 
 
