@@ -62,6 +62,20 @@ class MllmDrGenerateOutput(GenerateDecoderOnlyOutput):
     head_score: torch.FloatTensor | None = None
 
 
+def _check_mask(name: str, mask: torch.Tensor, shape: tuple[int, ...], of: str) -> None:
+    """A mask argument must have exactly ``shape`` (no broadcasting) and be boolean or hold only 0
+    and 1; ``of`` says what fixes the shape. One shape compare, and one reduction for a non-bool mask."""
+    if tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, that of {of}, got {tuple(mask.shape)}")
+    if mask.dtype != torch.bool:
+        outside = (mask != 0) & (mask != 1)
+        if bool(outside.any()):
+            raise ValueError(
+                f"{name} must be boolean or hold only 0 and 1, got {mask.dtype} values such as "
+                f"{mask[outside][:3].tolist()}"
+            )
+
+
 def sinusoidal_position_encoding(length: int, dim: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     """Fixed sin/cos encodings of shape ``(length, dim)`` (works for odd ``dim`` such as 709)."""
     half = (dim + 1) // 2
@@ -424,6 +438,9 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
                 f"{modality}_features must have shape (batch, frames, {lqformer.config.feature_dim}), "
                 f"got {tuple(features.shape)}"
             )
+        if feature_mask is not None:
+            frames = tuple(features.shape[:2])
+            _check_mask(f"{modality}_mask", feature_mask, frames, f"{modality}_features (batch, frames)")
         return projector(lqformer(features, feature_mask))
 
     def get_placeholder_mask(self, modality: str, input_ids: torch.Tensor, embeds: torch.Tensor) -> torch.Tensor:
@@ -528,6 +545,13 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
         """
         if (input_ids is None) == (inputs_embeds is None):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
+        if score_labels is not None:  # a shape compare: MSE would broadcast a wrong batch size silently
+            name, given = ("input_ids", input_ids) if input_ids is not None else ("inputs_embeds", inputs_embeds)
+            if tuple(score_labels.shape) != (given.shape[0],):
+                raise ValueError(
+                    f"score_labels must have shape ({given.shape[0]},), one score per prompt: {name} has batch size "
+                    f"{given.shape[0]}, score_labels has shape {tuple(score_labels.shape)}"
+                )
         # The KV cache under whichever name this transformers version uses (`cache` from 5.2x on).
         cache_kwargs = {k: v for k, v in (("cache", cache), ("past_key_values", past_key_values)) if v is not None}
         past_length = _past_length(cache_kwargs)
@@ -578,7 +602,8 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
             prefix = prefix_hidden_states.to(hidden_states.dtype).expand(hidden_states.shape[0], -1, -1)
             head_hidden = torch.cat([prefix, hidden_states], dim=1)
         if compute_score and (past_length == 0 or prefix_hidden_states is not None):
-            token_mask = self._head_token_mask(head_hidden, attention_mask, labels, prompt_mask)
+            covers = "the cached prefix + input_ids" if head_hidden is not hidden_states else "input_ids"
+            token_mask = self._head_token_mask(head_hidden, attention_mask, labels, prompt_mask, covers)
             score = self.score_head(head_hidden, token_mask)
             if self._captured_head_scores is not None:
                 self._captured_head_scores.append(score.detach())
@@ -642,9 +667,11 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
         attention_mask: torch.Tensor | None,
         labels: torch.Tensor | None,
         prompt_mask: torch.Tensor | None,
+        covers: str = "input_ids",
     ) -> torch.Tensor:
         batch, length = hidden_states.shape[:2]
         if prompt_mask is not None:
+            _check_mask("prompt_mask", prompt_mask, (batch, length), covers)
             mask = prompt_mask.to(hidden_states.device, torch.bool)
         else:
             mask = torch.ones(batch, length, dtype=torch.bool, device=hidden_states.device)
@@ -653,7 +680,10 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
         if attention_mask is not None and attention_mask.dim() == 2:
             mask = mask & attention_mask.to(hidden_states.device).bool()
         if mask.shape != (batch, length):
-            raise ValueError(f"prompt_mask must have shape {(batch, length)}, got {tuple(mask.shape)}")
+            raise ValueError(
+                f"the score head's token mask must have shape {(batch, length)} (check attention_mask), "
+                f"got {tuple(mask.shape)}"
+            )
         if not bool(mask.any(dim=1).all()):
             raise ValueError("every sample needs at least one prompt token for the score head")
         return mask

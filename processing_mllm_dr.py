@@ -198,6 +198,17 @@ def _integer(value: Any, field: str) -> int:
     return int(value)
 
 
+def _length(values: Any) -> int | None:
+    """How many entries a per-prompt argument holds; None when it is no sequence (a scalar, a 0-d
+    array, a string or a mapping, whose ``len`` would count characters or keys)."""
+    if isinstance(values, (str, bytes, Mapping)):
+        return None
+    try:
+        return len(values)
+    except TypeError:
+        return None
+
+
 class MllmDrProcessor(ProcessorMixin):
     r"""Builds MLlm-DR inputs from transcripts, PHQ items and pre-extracted feature sequences.
 
@@ -523,15 +534,23 @@ class MllmDrProcessor(ProcessorMixin):
         field = f"{modality}_features"
         if features is None:
             features = [None] * batch_size
-        if len(features) != batch_size:
-            raise ValueError(f"{field}: expected {batch_size} entries (one per prompt), got {len(features)}")
+        length = _length(features)
+        if length is None:
+            raise ValueError(
+                f"{field}: expected a sequence of {batch_size} entries (one per prompt), got {type(features).__name__}"
+            )
+        if length != batch_size:
+            raise ValueError(f"{field}: expected {batch_size} entries (one per prompt), got {length}")
         arrays = []
         for i, sample in enumerate(features):
             if sample is None:
                 arrays.append(np.zeros((0, dim), dtype=np.float32))
                 continue
             array = sample.detach().cpu() if isinstance(sample, torch.Tensor) else sample
-            array = array.float().numpy() if isinstance(array, torch.Tensor) and array.is_floating_point() else np.asarray(array)
+            try:
+                array = array.float().numpy() if isinstance(array, torch.Tensor) and array.is_floating_point() else np.asarray(array)
+            except (TypeError, ValueError) as error:  # e.g. ragged nested lists
+                raise ValueError(f"{field}[{i}]: not an array of numbers ({error})") from None
             if array.dtype == np.bool_ or not np.issubdtype(array.dtype, np.number) or np.issubdtype(array.dtype, np.complexfloating):
                 raise ValueError(f"{field}[{i}]: expected real-valued features, got dtype {array.dtype}")
             if array.ndim != 2 or array.shape[1] != dim:
@@ -635,14 +654,25 @@ class MllmDrProcessor(ProcessorMixin):
             raise ValueError("only return_tensors='pt' is supported")
         if isinstance(transcripts, str):
             transcripts = [transcripts]
-        if isinstance(item_indices, (int, np.integer)):
-            item_indices = [int(item_indices)]
-        batch_size = len(transcripts)
+        if isinstance(item_indices, (int, float, np.number, np.bool_)):  # one prompt's item (never True or 3.7)
+            item_indices = [_integer(item_indices, "item_indices")]
+        batch_size = _length(transcripts)
+        if batch_size is None:
+            raise ValueError(
+                f"transcripts: expected a string or a sequence of strings, got {type(transcripts).__name__}"
+            )
         named = {"item_indices": item_indices, "scores": scores, "rationales": rationales}
         named.update({"audio_features": audio_features, "video_features": video_features})
         for name, values in named.items():
-            if values is not None and len(values) != batch_size:
-                raise ValueError(f"{name}: expected {batch_size} entries (one per transcript), got {len(values)}")
+            if values is None:
+                continue
+            length = _length(values)
+            if length is None:
+                raise ValueError(
+                    f"{name}: expected a sequence of {batch_size} entries (one per transcript), got {type(values).__name__}"
+                )
+            if length != batch_size:
+                raise ValueError(f"{name}: expected {batch_size} entries (one per transcript), got {length}")
         if rationales is not None and scores is None:
             raise ValueError("rationales need scores: the target always ends with the score line")
         uses_transcript = self.inputs_for(mode).transcript
