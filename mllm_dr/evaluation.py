@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .inference import choose_score
-from .io import atomic_open, write_text_atomic
+from .io import atomic_open, read_jsonl, write_text_atomic
 from .metrics import compute_phq_metrics
 
 PREDICTIONS = "predictions.jsonl"
@@ -24,6 +24,38 @@ DISCLAIMER = (
     "MLlm-DR is a research tool, not a diagnostic device: these scores and rationales are not a clinical "
     "assessment and must not be used to diagnose, screen or treat anyone."
 )
+
+
+def read_predictions(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The records of ``predictions.jsonl``, one per (participant, item): a line repeated verbatim (a
+    stray copy) counts once; two different records for one item (two runs into one folder) and a
+    record whose label or total is no longer the corpus's (``rows``) raise ``ValueError`` naming
+    file and lines. A torn last line (a killed write) is dropped; a damaged line elsewhere raises."""
+    truth = {(str(r["participant_id"]), int(r["item_index"])): r for r in rows}
+    kept: dict[tuple[str, int], tuple[int, dict[str, Any]]] = {}
+    for number, record in read_jsonl(path):
+        try:
+            key = (str(record["participant_id"]), int(record["item_index"]))
+        except (KeyError, TypeError, ValueError):
+            raise ValueError(f"{path}:{number}: not a prediction record (no participant_id / item_index)") from None
+        if key in kept:
+            if kept[key][1] != record:
+                raise ValueError(
+                    f"{path}:{number}: participant {key[0]}, item {key[1]} was already predicted differently on line "
+                    f"{kept[key][0]} (two evaluations wrote into one folder?): use a new --output_dir"
+                )
+            continue
+        row = truth.get(key)
+        if row is not None:
+            for name in ("label", "total"):
+                if name in record and row.get(name) != record[name]:
+                    raise ValueError(
+                        f"{path}:{number}: participant {key[0]}, item {key[1]} was predicted when its {name} was "
+                        f"{record[name]}; the corpus now says {row.get(name)}: the labels changed since, so evaluate "
+                        "into a new --output_dir"
+                    )
+        kept[key] = (number, record)
+    return [record for _number, record in kept.values()]
 
 
 def train_mean_predictions(train_rows: Iterable[Mapping[str, Any]], rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -181,6 +213,25 @@ def write_figures(predictions: list[dict[str, Any]], metrics: dict[str, Any], ou
     return files
 
 
+def left_out_lines(left_out: Mapping[str, Any] | None) -> list[str]:
+    """The report's account of what the metrics do not cover."""
+    if not left_out:
+        return []
+    lines = []
+    if left_out.get("skipped"):
+        lines += ["## Left out (--on_error skip)", ""]
+        lines += [
+            f"- participant {p['participant_id']}" + (f", item {p['item_index']}" if "item_index" in p else "")
+            + f": `{p['path']}`: {p['problem']}"
+            for p in left_out["skipped"]
+        ]  # fmt: skip
+        lines.append("")
+    for modality, ids in (left_out.get("missing_modality") or {}).items():
+        if ids:
+            lines += [f"Scored without {modality} features (no {modality} file): {', '.join(ids)}.", ""]
+    return lines
+
+
 def write_report(predictions, metrics, manifest, out: Path, figures: list[str]) -> None:
     fmt = lambda v: "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
     ci = lambda key: "" if not metrics.get(key) else f" [{metrics[key][0]:.3f}, {metrics[key][1]:.3f}]"  # noqa: E731
@@ -214,6 +265,7 @@ def write_report(predictions, metrics, manifest, out: Path, figures: list[str]) 
             f"MAE {fmt(head['mae'])}, F1 {fmt(head['f1'])}.",
             "",
         ]
+    lines += left_out_lines(manifest["data"].get("left_out"))
     lines += [f"![{name}]({name})" for name in figures]
     example = next((p for p in predictions if p.get("rationale")), None)
     if example is not None:

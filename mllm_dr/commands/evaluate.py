@@ -32,6 +32,7 @@ from ..evaluation import (
     REPORT,
     aggregate,
     compute_metrics,
+    read_predictions,
     train_mean_predictions,
     write_figures,
     write_report,
@@ -46,7 +47,7 @@ from ..inference import (
     make_batches,
     model_fingerprint,
 )
-from ..io import append_jsonl, read_jsonl, write_json_atomic, write_text_atomic
+from ..io import LOCK_NAME, FolderInUse, append_jsonl, exclusive_lock, write_json_atomic, write_text_atomic
 
 
 @dataclass
@@ -80,17 +81,26 @@ def parse_args(argv: list[str] | None = None):
 
 
 def _rows(
-    corpus_args: CorpusArguments, cache_dir: str | None, split: str, processor, limit: int | None
-) -> list[dict[str, Any]]:
+    corpus_args: CorpusArguments, cache_dir: str | None, split: str, processor, limit: int | None,
+    modalities: tuple[str, ...] = (),
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The split's rows, and what the evaluation leaves out (skipped data; participants scored
+    without one of ``modalities``, the ones the model uses)."""
     try:
-        rows = [dict(row) for row in load_splits(corpus_args, (split,), frames=processor, cache_dir=cache_dir)[split]]
+        corpus = load_splits(corpus_args, (split,), frames=processor, cache_dir=cache_dir)
     except ValueError as error:  # broken data, named by the loader or the cache: before anything is written
         raise SystemExit(f"error: {error}") from None
+    rows = [dict(row) for row in corpus[split]]
     if limit:
         keep = sorted({str(r["participant_id"]) for r in rows})[:limit]
         rows = [r for r in rows if str(r["participant_id"]) in keep]
     rows.sort(key=lambda r: (str(r["participant_id"]), int(r["item_index"])))
-    return rows
+    left_out = corpus.left_out()
+    kept = {str(r["participant_id"]) for r in rows}
+    left_out["missing_modality"] = {
+        m: [p for p in ids if p in kept] for m, ids in left_out["missing_modality"].items() if m in modalities
+    }
+    return rows, left_out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -119,17 +129,19 @@ def main(argv: list[str] | None = None) -> int:
         model = processor = None
         description: dict[str, Any] = {"kind": "train_mean_baseline", "path": None}
         mode = "none"
-        rows = _rows(corpus_args, None, args.split, None, args.limit_participants)
+        rows, left_out = _rows(corpus_args, None, args.split, None, args.limit_participants)
     else:
         if model_args.model is None:
             raise SystemExit("--model is required")
         loaded = load_model(
             model_args.model, zero_shot=args.zero_shot, questionnaire=corpus_args.spec().questionnaire or "phq8",
             max_transcript_tokens=args.max_transcript_tokens, dtype=model_args.dtype, device=model_args.device,
+            trust_remote_code=model_args.trust_remote_code,
         )  # fmt: skip
         model, processor, description = loaded.model, loaded.processor, loaded.description
         mode = prompt_mode(2, bool(model.config.use_audio), bool(model.config.use_video))
-        rows = _rows(corpus_args, cache_args.feature_cache_dir, args.split, processor, args.limit_participants)
+        used = tuple(m for m in ("audio", "video") if getattr(processor.inputs_for(mode), m))
+        rows, left_out = _rows(corpus_args, cache_args.feature_cache_dir, args.split, processor, args.limit_participants, used)
         check_rows(rows, processor, mode)
         if generation.score_source == "head" and not head_is_trained(model, args.zero_shot):
             raise SystemExit(
@@ -142,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     manifest = {
         "model": {**description, "fingerprint": model_fingerprint(description["path"]) if description["path"] else None},
         "data": {"format": corpus_args.dataset_format, "dir": str(Path(corpus_args.data_dir).resolve()), "split": args.split,
-                 "items": len(rows), "participants": len({r["participant_id"] for r in rows})},
+                 "items": len(rows), "participants": len({r["participant_id"] for r in rows}), "left_out": left_out},
         "generation": generation.describe(),
         "max_new_tokens": generation.max_new_tokens,
         "dtype": None if model is None else model_args.dtype,
@@ -153,7 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         "mode": mode,
         "max_transcript_tokens": None if processor is None else processor.max_transcript_tokens,
     }  # fmt: skip
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        with exclusive_lock(out, "evaluation"):
+            return _evaluate_into(out, manifest, rows, left_out, model, processor, mode, model_args, corpus_args,
+                                  generation, args)  # fmt: skip
+    except FolderInUse as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+def _evaluate_into(out, manifest, rows, left_out, model, processor, mode, model_args, corpus_args, generation, args) -> int:
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
         existing = json.loads(manifest_path.read_text())
@@ -161,18 +181,21 @@ def main(argv: list[str] | None = None) -> int:
         if existing != expected:
             changed = sorted(k for k in set(existing) | set(expected) if existing.get(k) != expected.get(k))
             raise SystemExit(f"{out} holds an evaluation with different settings ({', '.join(changed)}): use another --output_dir")
-    elif any(out.iterdir()):
+    elif any(not p.name.startswith(LOCK_NAME) for p in out.iterdir()):
         raise SystemExit(f"{out} is not empty and holds no {MANIFEST}: use another --output_dir")
     else:
         write_json_atomic(manifest_path, manifest)
 
     predictions_path = out / PREDICTIONS
-    done_keys = {(p["participant_id"], p["item_index"]) for _, p in read_jsonl(predictions_path)}
+    try:
+        done_keys = {(str(p["participant_id"]), int(p["item_index"])) for p in read_predictions(predictions_path, rows)}
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     todo = [r for r in rows if (str(r["participant_id"]), int(r["item_index"])) not in done_keys]
     started, new_tokens, generated_items = time.perf_counter(), 0, 0
     if args.train_mean:
         if todo:
-            train_rows = _rows(corpus_args, None, "train", None, None)
+            train_rows, _ = _rows(corpus_args, None, "train", None, None)
             try:
                 append_jsonl(predictions_path, train_mean_predictions(train_rows, todo))
             except ValueError as error:
@@ -189,7 +212,10 @@ def main(argv: list[str] | None = None) -> int:
             generated_items += len(records)
     elapsed = time.perf_counter() - started
 
-    predictions = [p for _, p in read_jsonl(predictions_path)]
+    try:
+        predictions = read_predictions(predictions_path, rows)
+    except ValueError as error:
+        raise SystemExit(f"error: {error}") from None
     order = {(str(r["participant_id"]), int(r["item_index"])): i for i, r in enumerate(rows)}
     predictions.sort(key=lambda p: order.get((p["participant_id"], p["item_index"]), len(order)))
     try:
@@ -207,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         "new_tokens_per_second": new_tokens / elapsed if new_tokens and elapsed else None,
         "device": str(model_args.device),
     }
+    metrics["left_out"] = left_out
     write_json_atomic(out / METRICS, metrics)
     figures = write_figures(predictions, metrics, out, args.cutoff)
     write_report(predictions, metrics, manifest, out, figures)

@@ -22,7 +22,7 @@ from transformers import HfArgumentParser
 
 from processing_mllm_dr import prompt_mode
 
-from ..data import read_transcript
+from ..data import feature_shape, read_transcript
 from ..evaluation import DISCLAIMER
 from ..inference import GenerationArguments, ModelLoadArguments, check_rows, generate_items, head_is_trained, load_model
 from ..io import write_text_atomic
@@ -131,7 +131,13 @@ def main(argv: list[str] | None = None) -> int:
         for path in getattr(args, modality) or []:
             if not Path(path).is_file():
                 raise SystemExit(f"--{modality} {path}: no such file")
-    loaded = load_model(model_args.model, dtype=model_args.dtype, device=model_args.device)
+            try:
+                feature_shape(path)  # unreadable, pickled, empty: named before the model loads
+            except ValueError as error:
+                raise SystemExit(f"--{modality}: {error}") from None
+    loaded = load_model(
+        model_args.model, dtype=model_args.dtype, device=model_args.device, trust_remote_code=model_args.trust_remote_code
+    )
     model, processor = loaded.model, loaded.processor
     mode = prompt_mode(2, bool(model.config.use_audio), bool(model.config.use_video))
     inputs = processor.inputs_for(mode)
@@ -148,7 +154,10 @@ def main(argv: list[str] | None = None) -> int:
     items = []
     batch_size = max(1, generation.batch_size)
     for start in range(0, len(rows), batch_size):
-        records, _ = generate_items(model, processor, rows[start : start + batch_size], mode, generation, use_head)
+        try:
+            records, _ = generate_items(model, processor, rows[start : start + batch_size], mode, generation, use_head)
+        except ValueError as error:  # broken features (NaN, wrong width), named by the reader or the processor
+            raise SystemExit(f"error: {error}") from None
         items += [
             {k: r[k] for k in ("item_index", "item_name", "score", "parsed_score", "head_score", "fell_back", "rationale", "generated_text")}
             for r in records

@@ -4,16 +4,19 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from configuration_mllm_dr import MllmDrConfig
 from modeling_mllm_dr import MllmDrForConditionalGeneration
 from processing_mllm_dr import MllmDrProcessor
 
-from ..checkpoints import is_adapter_export, load_adapter_export
+from ..checkpoints import MODEL_FILES, check_weight_files, is_adapter_export, load_adapter_export
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -32,6 +35,11 @@ class ModelLoadArguments:
     )
     device: str = field(
         default="cuda" if torch.cuda.is_available() else "cpu", metadata={"help": "cpu, cuda, cuda:1, ..."}
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Run the checkpoint folder's own modeling/configuration/processing code (default: the "
+                  "installed package's classes load it, and no code from the folder runs)."},
     )
 
 
@@ -56,12 +64,14 @@ def load_model(
     max_transcript_tokens: int | None = None,
     dtype: str = "float32",
     device: str = "cpu",
+    trust_remote_code: bool = False,
 ) -> LoadedModel:
     """``(model, processor, description)`` in eval mode on ``device`` in ``dtype``.
 
     ``zero_shot``: ``path`` is a plain causal LM, wrapped without LQ-formers (the text prompts, no
     trained head). Otherwise ``path`` is an adapter export (rebuilt on its base model, LoRA merged),
-    a training output (its ``merged/`` checkpoint) or a checkpoint folder.
+    a training output (its ``merged/`` checkpoint) or a checkpoint folder, loaded with the installed
+    classes unless ``trust_remote_code`` (then the folder's own code runs).
     """
     if dtype not in DTYPES:
         raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
@@ -74,22 +84,32 @@ def load_model(
         )  # fmt: skip
         description = {"kind": "zero_shot_backbone", "path": str(path)}
     elif is_adapter_export(path):
+        try:
+            check_weight_files(path)
+        except ValueError as error:
+            raise SystemExit(f"--model: {error}") from None
         model, processor = load_adapter_export(path, merge=True)
         description = {"kind": "adapter_export", "path": str(path)}
     else:
         path = resolve_checkpoint(path)
         if not (path / "config.json").is_file():
             raise SystemExit(f"--model {path}: no config.json (not a checkpoint, adapter export or training output)")
+        check_checkpoint_folder(path)
         if not (path / "processor_config.json").is_file():
             raise SystemExit(
                 f"--model {path}: the checkpoint has no processor (processor_config.json is missing); save it with "
                 "processor.save_pretrained(...) next to the model"
             )
-        from transformers import AutoModel, AutoProcessor
+        warn_if_code_differs(path, trust_remote_code)
+        if trust_remote_code:
+            from transformers import AutoModel, AutoProcessor
 
-        model = AutoModel.from_pretrained(str(path), trust_remote_code=True)
-        processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=True)
-        description = {"kind": "checkpoint", "path": str(path)}
+            model = AutoModel.from_pretrained(str(path), trust_remote_code=True)
+            processor = AutoProcessor.from_pretrained(str(path), trust_remote_code=True)
+        else:  # the installed classes: no code from the folder runs
+            model = MllmDrForConditionalGeneration.from_pretrained(str(path))
+            processor = MllmDrProcessor.from_pretrained(str(path))
+        description = {"kind": "checkpoint", "path": str(path), "trust_remote_code": trust_remote_code}
     if max_transcript_tokens:
         processor.max_transcript_tokens = max_transcript_tokens
     model.to(device=device, dtype=DTYPES[dtype])
@@ -102,16 +122,58 @@ def head_is_trained(model: Any, zero_shot: bool = False) -> bool:
     return not zero_shot and bool(getattr(model.config, "score_head_trained", False))
 
 
+def check_checkpoint_folder(path: Path) -> None:
+    """An MLlm-DR checkpoint: its ``config.json`` names MLlm-DR's model type, and its safetensors are
+    whole; raises ``SystemExit`` naming the file."""
+    config = path / "config.json"
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
+        raise SystemExit(f"--model: {config}: not a readable JSON config ({error})") from None
+    if model_type != MllmDrConfig.model_type:
+        raise SystemExit(
+            f"--model: {config}: model_type {model_type!r} is not MLlm-DR's ({MllmDrConfig.model_type!r}); for an "
+            "untrained backbone pass --zero_shot"
+        )
+    try:
+        check_weight_files(path)
+    except ValueError as error:
+        raise SystemExit(f"--model: {error}") from None
+
+
+def warn_if_code_differs(path: Path, trust_remote_code: bool) -> list[str]:
+    """Warns (stderr) for each of the folder's model files whose bytes differ from the installed
+    ones, saying which code runs; returns their names."""
+    differing = []
+    for installed in MODEL_FILES:
+        copy = path / installed.name
+        if copy.is_file() and copy.read_bytes() != installed.read_bytes():
+            differing.append(installed.name)
+    if differing:
+        runs = "the folder's copy runs (--trust_remote_code)" if trust_remote_code else (
+            "the installed package's code is used (--trust_remote_code would run the folder's)"
+        )
+        print(f"warning: {path}: {', '.join(differing)} differ(s) from the installed code: {runs}", file=sys.stderr)
+    return differing
+
+
+HASH_CHUNK = 8 << 20
+
+
 def model_fingerprint(path: str | Path) -> str:
-    """Names, sizes and config contents of a model folder (cheap for 16 GB checkpoints)."""
+    """The bytes of every file of a model folder (``checkpoint-*`` subfolders excluded), streamed
+    through SHA-256: any change of any weight gives another fingerprint (BENCHMARKS.md: ~1 GB/s)."""
     path = Path(path)
     digest = hashlib.sha256()
     if path.is_dir():
         for file in sorted(path.rglob("*")):
-            if file.is_file() and "checkpoint-" not in str(file.relative_to(path)):
-                digest.update(f"{file.relative_to(path)}:{file.stat().st_size}".encode())
-                if file.suffix == ".json":
-                    digest.update(file.read_bytes())
+            relative = file.relative_to(path)
+            if not file.is_file() or any(part.startswith("checkpoint-") or part.startswith(".mllm_dr") for part in relative.parts):
+                continue
+            digest.update(f"{relative}:{file.stat().st_size}\n".encode())
+            with file.open("rb") as handle:
+                while chunk := handle.read(HASH_CHUNK):
+                    digest.update(chunk)
     else:
         digest.update(str(path).encode())
     return digest.hexdigest()[:16]
