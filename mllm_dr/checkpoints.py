@@ -216,3 +216,19 @@ def check_weight_files(folder: str | Path) -> None:
                 handle.keys()
         except Exception as error:  # safetensors raises its own SafetensorError, or OSError
             raise ValueError(f"{file}: not a readable safetensors file ({error}): truncated or damaged copy?") from None
+
+
+def check_checkpoint_folder(path: str | Path) -> None:
+    """An MLlm-DR model folder (checkpoint or adapter export): its ``config.json`` names MLlm-DR's
+    ``model_type`` and its safetensors files are whole; raises ``ValueError`` naming the file."""
+    config = Path(path) / "config.json"
+    try:
+        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
+    except (OSError, ValueError, AttributeError) as error:  # missing, not UTF-8, not JSON, not an object
+        raise ValueError(f"{config}: not a readable JSON config ({error})") from None
+    if model_type != MllmDrConfig.model_type:
+        raise ValueError(
+            f"{config}: model_type {model_type!r} is not MLlm-DR's ({MllmDrConfig.model_type!r}); for an "
+            "untrained backbone pass --zero_shot"
+        )
+    check_weight_files(path)

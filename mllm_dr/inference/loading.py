@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,11 +11,11 @@ from typing import Any
 
 import torch
 
-from configuration_mllm_dr import MllmDrConfig
 from modeling_mllm_dr import MllmDrForConditionalGeneration
 from processing_mllm_dr import MllmDrProcessor
 
-from ..checkpoints import MODEL_FILES, check_weight_files, is_adapter_export, load_adapter_export
+from ..checkpoints import MODEL_FILES, check_checkpoint_folder, is_adapter_export, load_adapter_export
+from ..io import LOCK_NAME
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -39,7 +38,8 @@ class ModelLoadArguments:
     trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Run the checkpoint folder's own modeling/configuration/processing code (default: the "
-                  "installed package's classes load it, and no code from the folder runs)."},
+                  "installed package's classes load it, and no code from the folder runs; an adapter export "
+                  "always loads that way)."},
     )
 
 
@@ -84,23 +84,21 @@ def load_model(
         )  # fmt: skip
         description = {"kind": "zero_shot_backbone", "path": str(path)}
     elif is_adapter_export(path):
-        try:
-            check_weight_files(path)
-        except ValueError as error:
-            raise SystemExit(f"--model: {error}") from None
-        model, processor = load_adapter_export(path, merge=True)
+        _check_folder(path)
+        warn_if_code_differs(path, folder_code_runs=False, alternative="an adapter export always loads that way")
+        model, processor = load_adapter_export(path, merge=True)  # the installed classes only
         description = {"kind": "adapter_export", "path": str(path)}
     else:
         path = resolve_checkpoint(path)
         if not (path / "config.json").is_file():
             raise SystemExit(f"--model {path}: no config.json (not a checkpoint, adapter export or training output)")
-        check_checkpoint_folder(path)
+        _check_folder(path)
         if not (path / "processor_config.json").is_file():
             raise SystemExit(
                 f"--model {path}: the checkpoint has no processor (processor_config.json is missing); save it with "
                 "processor.save_pretrained(...) next to the model"
             )
-        warn_if_code_differs(path, trust_remote_code)
+        warn_if_code_differs(path, folder_code_runs=trust_remote_code)
         if trust_remote_code:
             from transformers import AutoModel, AutoProcessor
 
@@ -122,58 +120,50 @@ def head_is_trained(model: Any, zero_shot: bool = False) -> bool:
     return not zero_shot and bool(getattr(model.config, "score_head_trained", False))
 
 
-def check_checkpoint_folder(path: Path) -> None:
-    """An MLlm-DR checkpoint: its ``config.json`` names MLlm-DR's model type, and its safetensors are
-    whole; raises ``SystemExit`` naming the file."""
-    config = path / "config.json"
+def _check_folder(path: Path) -> None:
     try:
-        model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type")
-    except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as error:
-        raise SystemExit(f"--model: {config}: not a readable JSON config ({error})") from None
-    if model_type != MllmDrConfig.model_type:
-        raise SystemExit(
-            f"--model: {config}: model_type {model_type!r} is not MLlm-DR's ({MllmDrConfig.model_type!r}); for an "
-            "untrained backbone pass --zero_shot"
-        )
-    try:
-        check_weight_files(path)
+        check_checkpoint_folder(path)
     except ValueError as error:
         raise SystemExit(f"--model: {error}") from None
 
 
-def warn_if_code_differs(path: Path, trust_remote_code: bool) -> list[str]:
-    """Warns (stderr) for each of the folder's model files whose bytes differ from the installed
-    ones, saying which code runs; returns their names."""
-    differing = []
-    for installed in MODEL_FILES:
-        copy = path / installed.name
-        if copy.is_file() and copy.read_bytes() != installed.read_bytes():
-            differing.append(installed.name)
+def warn_if_code_differs(
+    path: str | Path, folder_code_runs: bool, alternative: str = "--trust_remote_code would run the folder's"
+) -> list[str]:
+    """Warns on stderr when the folder's copies of the model files differ from the installed ones,
+    naming them and saying whose code runs; returns their names."""
+    copies = {installed: Path(path) / installed.name for installed in MODEL_FILES}
+    differing = [i.name for i, copy in copies.items() if copy.is_file() and copy.read_bytes() != i.read_bytes()]
     if differing:
-        runs = "the folder's copy runs (--trust_remote_code)" if trust_remote_code else (
-            "the installed package's code is used (--trust_remote_code would run the folder's)"
-        )
-        print(f"warning: {path}: {', '.join(differing)} differ(s) from the installed code: {runs}", file=sys.stderr)
+        if folder_code_runs:
+            runs = "the folder's copy runs (--trust_remote_code)"
+        else:
+            runs = f"the installed package's code is used ({alternative})"
+        names = ", ".join(differing)
+        print(f"warning: {path}: {names} differ(s) from the installed MLlm-DR code: {runs}", file=sys.stderr)
     return differing
 
 
-HASH_CHUNK = 8 << 20
+HASH_CHUNK = 1 << 20  # 1 MiB read into one reused buffer: ~1.4 GB/s here (the SHA-256 itself is the limit)
 
 
 def model_fingerprint(path: str | Path) -> str:
-    """The bytes of every file of a model folder (``checkpoint-*`` subfolders excluded), streamed
-    through SHA-256: any change of any weight gives another fingerprint (BENCHMARKS.md: ~1 GB/s)."""
+    """SHA-256 over the names, sizes and bytes of every file of a model folder (``checkpoint-*``
+    subfolders and lock files excluded), streamed: any change of any weight changes it. A Hub id
+    (not a folder) is its name."""
     path = Path(path)
     digest = hashlib.sha256()
     if path.is_dir():
+        buffer = bytearray(HASH_CHUNK)
+        view = memoryview(buffer)
         for file in sorted(path.rglob("*")):
             relative = file.relative_to(path)
-            if not file.is_file() or any(part.startswith("checkpoint-") or part.startswith(".mllm_dr") for part in relative.parts):
+            if not file.is_file() or any(part.startswith(("checkpoint-", LOCK_NAME)) for part in relative.parts):
                 continue
             digest.update(f"{relative}:{file.stat().st_size}\n".encode())
-            with file.open("rb") as handle:
-                while chunk := handle.read(HASH_CHUNK):
-                    digest.update(chunk)
+            with file.open("rb", buffering=0) as handle:
+                while read := handle.readinto(buffer):
+                    digest.update(view[:read])
     else:
         digest.update(str(path).encode())
     return digest.hexdigest()[:16]
