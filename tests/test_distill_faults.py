@@ -22,6 +22,7 @@ import pytest
 from test_distill_rationales import (
     HANG_UP,
     ChatServer,
+    cli_args,
     good,
     key_of,
     make_rows,
@@ -34,25 +35,6 @@ import mllm_dr.distillation as dr
 from mllm_dr.commands import distill as distill_cli
 from mllm_dr.data import failures_path, load_rationales
 from processing_mllm_dr import PHQ9_ITEMS
-
-
-def cli_args(data: Path, output: Path, url: str, *extra: str, model: str = "t") -> list[str]:
-    return [
-        "--dataset_format",
-        "prepared",
-        "--data_dir",
-        str(data),
-        "--output",
-        str(output),
-        "--teacher",
-        "openai",
-        "--api_base",
-        url,
-        "--teacher_model",
-        model,
-        "--no_progress",
-        *extra,
-    ]
 
 
 def record_of(row: dict[str, Any], rationale: str = "Wakes at four most nights.") -> dict[str, Any]:

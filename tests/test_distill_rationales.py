@@ -84,6 +84,25 @@ def good(request: dict[str, Any]) -> tuple[int, Any]:
     )
 
 
+def cli_args(data: Path, output: Path, url: str, *extra: str, model: str = "t") -> list[str]:
+    return [
+        "--dataset_format",
+        "prepared",
+        "--data_dir",
+        str(data),
+        "--output",
+        str(output),
+        "--teacher",
+        "openai",
+        "--api_base",
+        url,
+        "--teacher_model",
+        model,
+        "--no_progress",
+        *extra,
+    ]
+
+
 class ChatServer:
     """An OpenAI-style chat-completions server on 127.0.0.1 (port 0) whose answers a test scripts
     with ``responder(request_json) -> (status, json_or_text)`` (status None: hang up without an
@@ -307,25 +326,7 @@ def test_cli_sends_key_but_never_writes_or_prints_it(tmp_path, monkeypatch, caps
     output = tmp_path / "out" / "rationales.jsonl"
     with ChatServer(respond) as server:
         code = distill_cli.main(
-            [
-                "--dataset_format",
-                "prepared",
-                "--data_dir",
-                str(data),
-                "--output",
-                str(output),
-                "--teacher",
-                "openai",
-                "--api_base",
-                server.url,
-                "--teacher_model",
-                "served-model",
-                "--api_key_env",
-                KEY_ENV,
-                "--retry_base_delay",
-                "0.01",
-                "--no_progress",
-            ]
+            cli_args(data, output, server.url, "--api_key_env", KEY_ENV, "--retry_base_delay", "0.01", model="served-model")
         )
         headers = [r["headers"]["Authorization"] for r in server.requests]
         requested = set(server.keys())
@@ -375,23 +376,7 @@ def test_remote_endpoint_refused_without_flag(url, tmp_path, monkeypatch, capsys
     monkeypatch.setattr(urllib.request, "urlopen", no_network)
     monkeypatch.setenv("OPENAI_API_KEY", SECRET)
     output = tmp_path / "out" / "rationales.jsonl"
-    code = distill_cli.main(
-        [
-            "--dataset_format",
-            "prepared",
-            "--data_dir",
-            str(tmp_path / "not-read"),
-            "--output",
-            str(output),
-            "--teacher",
-            "openai",
-            "--api_base",
-            url,
-            "--teacher_model",
-            "gpt-4o",
-            "--no_progress",
-        ]
-    )
+    code = distill_cli.main(cli_args(tmp_path / "not-read", output, url, model="gpt-4o"))
     err = capsys.readouterr().err
     assert code != 0
     assert "licence" in err and "--allow-remote" in err and "E-DAIC-WOZ" in err and "CMDC" in err
