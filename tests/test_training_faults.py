@@ -57,6 +57,16 @@ def no_training_happened(out: Path) -> bool:
     return not out.exists() or not any(p.name.startswith("checkpoint-") or p.name == "merged" for p in out.iterdir())
 
 
+def refused_then_skipped(command, backbone: Path, data: Path, root: Path, match: str) -> dict:
+    """``command`` (stage1 / text_stage2) is refused with ``match`` before any training, then runs
+    with ``--on_error skip``; returns that run's ``run_manifest.json`` data section."""
+    with pytest.raises(SystemExit, match=match):
+        train.main(command(backbone, data, root / "raise"))
+    assert no_training_happened(root / "raise")
+    train.main(command(backbone, data, root / "skip", "--on_error", "skip"))
+    return manifest(root / "skip")["data"]
+
+
 @pytest.fixture
 def corpus(tmp_path) -> Path:
     return make_prepared_corpus(tmp_path / "corpus", {"train": 4, "dev": 2, "test": 1})
@@ -70,17 +80,10 @@ def first_train_participant(data: Path) -> str:
 def test_row_without_rationale_is_refused_naming_it_or_skipped_and_recorded(backbone_dir, corpus, tmp_path):
     pid = first_train_participant(corpus)
     damaged = edited(corpus, tmp_path / "damaged", lambda _s, r: {**r, "rationale": None} if (r["participant_id"], r["item_index"]) == (pid, 2) else r)
-    out = tmp_path / "raise"
-    with pytest.raises(SystemExit, match=rf"participant {pid}, item 2: .*no rationale"):
-        train.main(text_stage2(backbone_dir, damaged, out))
-    assert no_training_happened(out)
-
-    out = tmp_path / "skip"
-    train.main(text_stage2(backbone_dir, damaged, out, "--on_error", "skip"))
-    skipped = manifest(out)["data"]["left_out"]["skipped"]
-    assert [(s["participant_id"], s.get("item_index")) for s in skipped] == [(pid, 2)]
-    assert manifest(out)["data"]["skipped_items"] == 1
-    assert (out / "merged" / "model.safetensors").is_file()
+    data = refused_then_skipped(text_stage2, backbone_dir, damaged, tmp_path, rf"participant {pid}, item 2: .*no rationale")
+    assert [(s["participant_id"], s.get("item_index")) for s in data["left_out"]["skipped"]] == [(pid, 2)]
+    assert data["skipped_items"] == 1
+    assert (tmp_path / "skip" / "merged" / "model.safetensors").is_file()
 
 
 def test_rationale_written_for_another_label_is_refused(backbone_dir, corpus, tmp_path):
@@ -117,13 +120,8 @@ def test_a_failing_final_evaluation_keeps_the_exports(backbone_dir, corpus, tmp_
 def test_participant_without_labels_is_refused_or_skipped(backbone_dir, corpus, tmp_path):
     pid = first_train_participant(corpus)
     damaged = edited(corpus, tmp_path / "damaged", lambda _s, r: {**r, "label": None, "total": None} if r["participant_id"] == pid else r)
-    out = tmp_path / "raise"
-    with pytest.raises(SystemExit, match=rf"participant {pid}: .*no item labels"):
-        train.main(stage1(backbone_dir, damaged, out))
-    assert no_training_happened(out)
-    out = tmp_path / "skip"
-    train.main(stage1(backbone_dir, damaged, out, "--on_error", "skip"))
-    assert manifest(out)["data"]["skipped_participants"] == [pid]
+    data = refused_then_skipped(stage1, backbone_dir, damaged, tmp_path, rf"participant {pid}: .*no item labels")
+    assert data["skipped_participants"] == [pid]
 
 
 # --- classes 5 and 6: NaN/inf features; empty or zero-filled feature files
@@ -137,14 +135,8 @@ def test_broken_feature_file_is_refused_before_training_or_skipped(backbone_dir,
         np.save(path, array)
     else:
         path.write_bytes(b"" if damage == "empty" else b"\0" * 512)
-    out = tmp_path / "raise"
-    with pytest.raises(SystemExit, match=rf"participant\(s\) {pid}: {path}: "):
-        train.main(stage1(backbone_dir, corpus, out))
-    assert no_training_happened(out)
-    out = tmp_path / "skip"
-    train.main(stage1(backbone_dir, corpus, out, "--on_error", "skip"))
-    skipped = manifest(out)["data"]["left_out"]["skipped"]
-    assert [(s["participant_id"], s["path"]) for s in skipped] == [(pid, str(path))]
+    data = refused_then_skipped(stage1, backbone_dir, corpus, tmp_path, rf"participant\(s\) {pid}: {path}: ")
+    assert [(s["participant_id"], s["path"]) for s in data["left_out"]["skipped"]] == [(pid, str(path))]
 
 
 @pytest.mark.parametrize("content", [b"", b"\0" * 256])
