@@ -209,6 +209,15 @@ def _length(values: Any) -> int | None:
         return None
 
 
+def _check_entries(values: Any, field: str, batch_size: int, per: str) -> None:
+    """A per-``per`` argument holds exactly ``batch_size`` entries (raises ``ValueError`` naming ``field``)."""
+    length = _length(values)
+    if length is None:
+        raise ValueError(f"{field}: expected a sequence of {batch_size} entries (one per {per}), got {type(values).__name__}")
+    if length != batch_size:
+        raise ValueError(f"{field}: expected {batch_size} entries (one per {per}), got {length}")
+
+
 class MllmDrProcessor(ProcessorMixin):
     r"""Builds MLlm-DR inputs from transcripts, PHQ items and pre-extracted feature sequences.
 
@@ -534,13 +543,7 @@ class MllmDrProcessor(ProcessorMixin):
         field = f"{modality}_features"
         if features is None:
             features = [None] * batch_size
-        length = _length(features)
-        if length is None:
-            raise ValueError(
-                f"{field}: expected a sequence of {batch_size} entries (one per prompt), got {type(features).__name__}"
-            )
-        if length != batch_size:
-            raise ValueError(f"{field}: expected {batch_size} entries (one per prompt), got {length}")
+        _check_entries(features, field, batch_size, "prompt")
         arrays = []
         for i, sample in enumerate(features):
             if sample is None:
@@ -664,15 +667,8 @@ class MllmDrProcessor(ProcessorMixin):
         named = {"item_indices": item_indices, "scores": scores, "rationales": rationales}
         named.update({"audio_features": audio_features, "video_features": video_features})
         for name, values in named.items():
-            if values is None:
-                continue
-            length = _length(values)
-            if length is None:
-                raise ValueError(
-                    f"{name}: expected a sequence of {batch_size} entries (one per transcript), got {type(values).__name__}"
-                )
-            if length != batch_size:
-                raise ValueError(f"{name}: expected {batch_size} entries (one per transcript), got {length}")
+            if values is not None:
+                _check_entries(values, name, batch_size, "transcript")
         if rationales is not None and scores is None:
             raise ValueError("rationales need scores: the target always ends with the score line")
         uses_transcript = self.inputs_for(mode).transcript
