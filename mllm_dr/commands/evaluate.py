@@ -95,11 +95,9 @@ def _rows(
         keep = sorted({str(r["participant_id"]) for r in rows})[:limit]
         rows = [r for r in rows if str(r["participant_id"]) in keep]
     rows.sort(key=lambda r: (str(r["participant_id"]), int(r["item_index"])))
-    left_out = corpus.left_out()
-    kept = {str(r["participant_id"]) for r in rows}
-    left_out["missing_modality"] = {
-        m: [p for p in ids if p in kept] for m, ids in left_out["missing_modality"].items() if m in modalities
-    }
+    left_out = corpus.left_out(modalities)
+    kept = {str(r["participant_id"]) for r in rows}  # --limit_participants
+    left_out["missing_modality"] = {m: [p for p in ids if p in kept] for m, ids in left_out["missing_modality"].items()}
     return rows, left_out
 
 

@@ -112,13 +112,6 @@ def validate(
         raise SystemExit(f"{out} exists and is not empty: pass --overwrite_output_dir or --resume_from_checkpoint")
 
 
-def left_out(corpus, modalities: list[str]) -> dict:
-    """What the run does not cover: skipped data, and participants without a modality the model uses."""
-    record = corpus.left_out()
-    record["missing_modality"] = {m: ids for m, ids in record["missing_modality"].items() if m in modalities}
-    return record
-
-
 def main(argv: list[str] | None = None) -> int:
     model_args, corpus_args, cache_args, data_args, args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -226,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             "fingerprint": fingerprint,
             "skipped_participants": corpus.skipped_participants,
             "skipped_items": corpus.skipped_items,
-            "left_out": left_out(corpus, modalities),
+            "left_out": corpus.left_out(modalities),
         },
         "trainable_parameters": sum(trainable.values()),
     }

@@ -14,7 +14,7 @@ from typing import Any
 import datasets
 
 from .cache import build_feature_cache, check_feature_sequences
-from .checks import checked, modality_problems, target_problems
+from .checks import checked, modality_problems, participants_without, target_problems
 from .registry import CORPORA, CorpusSpec, get_corpus
 from .report import ON_ERROR, LoadReport, natural_key
 
@@ -166,19 +166,13 @@ class LoadedCorpus:
         """Item rows left out (participants that keep other items)."""
         return sum(report.skipped_items for report in self.reports)
 
-    def left_out(self) -> dict[str, Any]:
+    def left_out(self, modalities: Sequence[str] = ("audio", "video")) -> dict[str, Any]:
         """What the run's outputs record of the data they do not cover: ``skipped`` (one entry per
-        problem: participant, item for a row-level one, file, problem; ``on_error="skip"``) and ``missing_modality``
-        (``{modality: [participants scored without it]}``, rows whose feature file is absent)."""
+        problem: participant, item for a row-level one, file, problem; ``on_error="skip"``) and
+        ``missing_modality`` (``{modality: [participants scored without it]}`` for ``modalities``,
+        the ones the model uses: rows whose feature file is absent)."""
         skipped = [problem.to_dict() for report in self.reports for problem in report.skipped]
-        missing: dict[str, list[str]] = {}
-        for modality in ("audio", "video"):
-            ids = set()
-            for split in self.data.values():
-                if f"{modality}_files" in split.column_names:
-                    columns = split.select_columns(["participant_id", f"{modality}_files"]).to_dict()
-                    ids.update(pid for pid, files in zip(columns["participant_id"], columns[f"{modality}_files"]) if not files)
-            missing[modality] = sorted(ids, key=natural_key)
+        missing = {modality: participants_without(self.data, modality) for modality in modalities}
         return {"skipped": skipped, "missing_modality": missing}
 
 

@@ -103,19 +103,22 @@ def target_problems(
     return problems
 
 
-def modality_problems(dataset_dict: datasets.DatasetDict, required: Sequence[str], where: str) -> list[Problem]:
-    """Participants without a feature file of a ``required`` modality (empty ``{modality}_files``)."""
-    problems = []
-    for modality in required:
-        ids = set()
-        for split in dataset_dict.values():
+def participants_without(dataset_dict: datasets.DatasetDict, modality: str) -> list[str]:
+    """Participants whose rows have no feature file of ``modality`` (empty ``{modality}_files``)."""
+    ids = set()
+    for split in dataset_dict.values():
+        if f"{modality}_files" in split.column_names:
             columns = split.select_columns(["participant_id", f"{modality}_files"]).to_dict()
             ids.update(pid for pid, files in zip(columns["participant_id"], columns[f"{modality}_files"]) if not files)
-        problems += [
-            Problem(pid, where, f"no {modality} feature file (--require_modalities {modality})")
-            for pid in sorted(ids, key=natural_key)
-        ]  # fmt: skip
-    return problems
+    return sorted(ids, key=natural_key)
+
+
+def modality_problems(dataset_dict: datasets.DatasetDict, required: Sequence[str], where: str) -> list[Problem]:
+    """Participants without a feature file of a ``required`` modality."""
+    return [
+        Problem(pid, where, f"no {modality} feature file (--require_modalities {modality})")
+        for modality in required for pid in participants_without(dataset_dict, modality)
+    ]  # fmt: skip
 
 
 def checked(
