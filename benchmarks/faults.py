@@ -585,7 +585,7 @@ def class_13(ctx: Context) -> tuple[bool, str]:
 
 
 CLASSES: list[tuple[int, str, Check]] = [
-    (1, "train/dev row without a rationale; export kept when the final evaluation fails", class_1),
+    (1, "train/dev row without a rationale (the export kept when the final evaluation fails: tests only)", class_1),
     (2, "evaluation resumed after the model or the labels changed", class_2),
     (3, "duplicated prediction lines; concurrent evaluation / distillation", class_3),
     (4, "distiller: last record without a trailing newline", class_4),
