@@ -66,8 +66,8 @@ def _require_files(sources: tuple[str, ...]) -> None:
 
 
 def reduced_frames(sources: tuple[str, ...], settings: Mapping[str, Any]) -> np.ndarray:
-    """A feature sequence's frames after its frame policy, checked finite (raises :class:`Broken`)."""
-    _require_files(sources)
+    """A feature sequence's frames after its frame policy, checked finite (raises :class:`Broken`;
+    call :func:`_require_files` first)."""
     reduced = np.asarray(reduce_frames(open_sequence(list(sources)), settings))
     finite = np.isfinite(reduced)
     if not finite.all():
@@ -157,6 +157,7 @@ def check_feature_sequences(
     users = _sequence_users(dataset_dict)
 
     def check(modality: str, sources: tuple[str, ...]) -> None:
+        _require_files(sources)
         reduced_frames(sources, policy[modality])
 
     failed = _for_each_sequence(users, check, on_error, report, progress, "feature check")
