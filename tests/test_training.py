@@ -300,15 +300,19 @@ def test_resume_reaches_the_same_end_with_a_continuous_loss_curve(stage1, corpus
 
 
 def test_two_process_run_under_accelerate(stage1, corpus, tmp_path):
+    """The shipped CPU config, as a user runs it: no --use_cpu, no ACCELERATE_USE_CPU (the launcher sets
+    neither); both processes must join one gloo group, not train side by side into one folder."""
     out = tmp_path / "ddp"
+    args = common_args(corpus, steps=2)
+    del args[args.index("--use_cpu"):args.index("--use_cpu") + 2]
     command = [
-        sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-        "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+        sys.executable, "-m", "accelerate.commands.launch",
+        "--config_file", str(ROOT / "configs" / "accelerate" / "cpu_2proc.yaml"),
         str(ROOT / "train.py"), "--stage", "2", "--init_from", str(stage1), "--output_dir", str(out),
-        "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no",
-        *common_args(corpus, steps=2),
+        "--save_strategy", "steps", "--save_steps", "2", "--eval_strategy", "no", *args,
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "ACCELERATE_USE_CPU": "true"}
+    env = {k: v for k, v in os.environ.items() if k not in ("ACCELERATE_USE_CPU", "WORLD_SIZE", "LOCAL_RANK", "RANK")}
+    env["OMP_NUM_THREADS"] = "1"
     result = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, (result.stdout[-2000:], result.stderr[-4000:])
     manifest = json.loads((out / "run_manifest.json").read_text())

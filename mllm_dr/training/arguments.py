@@ -3,8 +3,10 @@ corpus options are :class:`mllm_dr.data.CorpusArguments`)."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 
+import torch
 from transformers import TrainingArguments
 
 from ..checkpoints import DEFAULT_LORA_TARGET
@@ -106,6 +108,17 @@ class MllmDrTrainingArguments(TrainingArguments):
     save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint: no | steps | epoch."})
     logging_steps: float = field(default=10, metadata={"help": "Log every N steps."})
     save_total_limit: int | None = field(default=2, metadata={"help": "Checkpoints kept."})
+
+    def __post_init__(self):
+        # `accelerate launch --multi_gpu` (and a config file with `distributed_type: MULTI_GPU`, the only
+        # way accelerate starts several local processes) runs torchrun, which sets WORLD_SIZE but never
+        # ACCELERATE_USE_CPU. Without an accelerator, TrainingArguments then builds a non-distributed
+        # state in every process: independent single-process trainings into one output folder. Several
+        # processes and no accelerator can only mean CPU ranks, so ask for them (gloo) before the parent
+        # sets the state up.
+        if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
+            self.use_cpu = True
+        super().__post_init__()
 
     def group_learning_rates(self) -> dict[str, float]:
         """Learning rate per parameter group (``mllm_dr.training.parameter_group``)."""
