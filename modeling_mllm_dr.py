@@ -16,6 +16,7 @@ Reads top to bottom as the paper's Figure 2:
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, fields
 from typing import Any
@@ -34,6 +35,10 @@ except ImportError:  # imported as a top-level module rather than as remote code
     from configuration_mllm_dr import AUDIO_PLACEHOLDER, VIDEO_PLACEHOLDER, LQFormerConfig, MllmDrConfig
 
 MODALITIES = ("audio", "video")
+# Paper section 4.2: sampling at temperature 0.8 among the top 10 tokens, at most 200 new tokens.
+# from_backbone writes it into the model's generation config, so every export's generation_config.json
+# carries it and a plain ``model.generate(**batch)`` samples as the paper does.
+PAPER_SAMPLING = {"do_sample": True, "temperature": 0.8, "top_k": 10, "max_new_tokens": 200}
 _CACHE_FIELDS = ("cache", "past_key_values")  # the KV-cache field was renamed in transformers 5.2x
 
 
@@ -419,6 +424,10 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
         model = cls(config, language_model=language_model)
         # Building the composite config resets the shared text config's attention choice.
         language_model.config._attn_implementation = attn_implementation
+        # The backbone's generation config (its EOS ids) with the paper's sampling on top.
+        model.generation_config = copy.deepcopy(language_model.generation_config)
+        model.generation_config.update(**PAPER_SAMPLING, pad_token_id=tokenizer.pad_token_id)
+        model.generation_config._from_model_config = False  # ours, not derived from config.json
         model.tokenizer_for_backbone = tokenizer
         return model
 

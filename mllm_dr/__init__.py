@@ -8,7 +8,8 @@ holds everything around them, in layers (a layer imports only the ones below it)
 * commands (``mllm_dr.commands``: the console scripts)
 * ``mllm_dr.training`` (collator setup, trainer, exports, manifest, card) and ``mllm_dr.inference``
   (model loading, the generate-parse-score loop, the per-item sampler); neither imports the other
-* ``mllm_dr.checkpoints`` (our export format, read and written), ``mllm_dr.metrics``
+* ``mllm_dr.checkpoints`` (our export format, read and written; ``load_adapter_export`` is exported
+  here), ``mllm_dr.cards`` (model cards), ``mllm_dr.hub`` (publishing), ``mllm_dr.metrics``
 * ``mllm_dr.data`` (corpus registry and loaders, feature reading and cache, rationales, batches)
 * ``mllm_dr.io`` (atomic writes), the model files
 """
@@ -19,6 +20,8 @@ from configuration_mllm_dr import LQFormerConfig, MllmDrConfig
 from modeling_mllm_dr import MllmDrForConditionalGeneration
 from processing_mllm_dr import MllmDrProcessor
 
+from .checkpoints import load_adapter_export
+
 __version__ = "0.1.0.dev0"
 
 # The installed classes are known to the Auto classes, so that loading an MLlm-DR folder without
@@ -28,4 +31,7 @@ AutoConfig.register(LQFormerConfig.model_type, LQFormerConfig, exist_ok=True)
 AutoModel.register(MllmDrConfig, MllmDrForConditionalGeneration, exist_ok=True)
 AutoProcessor.register(MllmDrConfig, MllmDrProcessor, exist_ok=True)
 
-__all__ = ["LQFormerConfig", "MllmDrConfig", "MllmDrForConditionalGeneration", "MllmDrProcessor", "__version__"]
+__all__ = [
+    "LQFormerConfig", "MllmDrConfig", "MllmDrForConditionalGeneration", "MllmDrProcessor", "__version__",
+    "load_adapter_export",
+]

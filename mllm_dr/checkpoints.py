@@ -2,10 +2,13 @@
 
 * **Merged** (:func:`export_merged`): a self-contained folder (LoRA merged into the backbone, the
   three model files beside the weights): ``AutoModel.from_pretrained(dir, trust_remote_code=True)``.
-* **Adapter** (:func:`export_adapter`): only what MLlm-DR adds or trains (LoRA when present,
-  LQ-formers, projectors, head, the placeholder tokens' embedding rows), the config and the
-  processor, with the base model recorded; :func:`load_adapter_export` rebuilds the model on that
-  base model. Stage-1 outputs are adapter exports without LoRA.
+* **Adapter** (:func:`export_adapter`): only what MLlm-DR adds or trains, the config, the processor
+  and the generation config, with the base model recorded. LoRA (when present) is in PEFT's own
+  format (``adapter_config.json`` + ``adapter_model.safetensors``, loadable with
+  ``peft.PeftModel.from_pretrained`` onto an MLlm-DR model); the LQ-formers, projectors, MAA head
+  and the placeholder tokens' embedding rows, which PEFT's format cannot hold without changing the
+  training, are in ``mllm_dr_modules.safetensors``. :func:`load_adapter_export` is the one-call
+  loader (a folder or a Hub repo id). Stage-1 outputs are adapter exports without LoRA.
 
 Both carry the full ``MllmDrConfig``: a reload rebuilds it from the saved config, never from a list
 of fields kept by hand.
@@ -34,7 +37,8 @@ from .io import write_json_atomic
 TRAINABLE_STATE_FILE = "mllm_dr_trainable.safetensors"
 MODULES_FILE = "mllm_dr_modules.safetensors"
 ADAPTER_MANIFEST = "mllm_dr_adapter.json"
-LORA_CONFIG_FILE = "lora_config.json"
+LORA_CONFIG_FILE = "lora_config.json"  # exports before PEFT's format was used: LoRA inside MODULES_FILE
+PEFT_CONFIG_FILE = "adapter_config.json"
 # LoRA on the LLM's modules only: a suffix match would also hit the LQ-formers' own q/v projections.
 DEFAULT_LORA_TARGET = r"language_model\..*\.(q_proj|v_proj)"
 MODEL_FILES = tuple(Path(inspect.getfile(m)) for m in (configuration_mllm_dr, modeling_mllm_dr, processing_mllm_dr))
@@ -127,26 +131,48 @@ def export_adapter(
     lora_config: Any = None,
     manifest: dict[str, Any] | None = None,
 ) -> Path:
-    """The small export: LoRA (when present) + LQ-formers + projectors + head + the new tokens'
-    embedding rows, the config and the processor, with the base model recorded. Reload with
-    :func:`load_adapter_export`."""
+    """The small export: LoRA in PEFT's format (when present), the LQ-formers, projectors, head and
+    the new tokens' embedding rows in :data:`MODULES_FILE`, the config, generation config and
+    processor, with the base model recorded. Reload with :func:`load_adapter_export`."""
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     base = unwrap(model)
     state = {
         name: p.detach().cpu().contiguous()
         for name, p in base.named_parameters()
-        if not name.startswith("language_model.") or "lora_" in name
+        if not name.startswith("language_model.")
     }
     state.update(new_token_rows(base))
     save_file(state, str(output_dir / MODULES_FILE), metadata={"format": "pt"})
     base.config.save_pretrained(output_dir)
+    base.generation_config.save_pretrained(output_dir)
     processor.save_pretrained(output_dir)
     copy_model_files(output_dir)
     if lora_config is not None:
-        write_json_atomic(output_dir / LORA_CONFIG_FILE, lora_config_to_dict(lora_config))
+        _save_peft_adapter(model, output_dir)
     write_json_atomic(output_dir / ADAPTER_MANIFEST, {"base_model": base_model, "lora": lora_config is not None, **(manifest or {})})
     return output_dir
+
+
+def _save_peft_adapter(model: torch.nn.Module, output_dir: Path) -> None:
+    """PEFT's ``adapter_config.json`` + ``adapter_model.safetensors`` (LoRA only). Its model card is
+    not kept (ours is written beside), the resized embeddings are ours to save (no Hub lookup), and
+    ``base_model_name_or_path`` is cleared: the base of this adapter is an MLlm-DR model, not the
+    backbone a PEFT auto-class would load."""
+    peft_model = model
+    while not hasattr(peft_model, "peft_config") and hasattr(peft_model, "module"):
+        peft_model = peft_model.module  # DDP
+    if not hasattr(peft_model, "peft_config"):
+        raise TypeError(f"a LoRA export needs the PEFT model, got {type(model).__name__}")
+    card = output_dir / "README.md"
+    had_card = card.is_file()
+    peft_model.save_pretrained(output_dir, save_embedding_layers=False, safe_serialization=True)
+    if not had_card:
+        card.unlink(missing_ok=True)
+    config_file = output_dir / PEFT_CONFIG_FILE
+    config = json.loads(config_file.read_text())
+    config["base_model_name_or_path"] = None
+    write_json_atomic(config_file, config)
 
 
 def is_adapter_export(directory: str | Path) -> bool:
@@ -160,13 +186,37 @@ def read_adapter_manifest(directory: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def resolve_model_folder(path_or_repo: str | Path, revision: str | None = None) -> Path:
+    """A local folder as it is; otherwise a Hub repo id, downloaded (or taken from the cache) with
+    ``huggingface_hub.snapshot_download``."""
+    path = Path(path_or_repo)
+    if path.is_dir():
+        return path
+    if path.exists() or str(path_or_repo).startswith((".", "/", "~")) or str(path_or_repo).count("/") > 1:
+        raise ValueError(f"{path_or_repo}: no such model folder")
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(str(path_or_repo), revision=revision))
+    except Exception as error:  # offline, unknown repo, no access: one line instead of the client's traceback
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        raise ValueError(
+            f"{path_or_repo}: not a local folder, and the Hub repo could not be fetched ({type(error).__name__}: {first_line})"
+        ) from None
+
+
 def load_adapter_export(
-    directory: str | Path, backbone: str | None = None, merge: bool = False, dtype: torch.dtype | None = None
+    directory: str | Path,
+    backbone: str | None = None,
+    merge: bool = False,
+    dtype: torch.dtype | None = None,
+    revision: str | None = None,
 ) -> tuple[torch.nn.Module, MllmDrProcessor]:
-    """Rebuilds a model from an adapter export (or a stage-1 output) on its recorded base model
-    (or ``backbone``): the saved config whole, the backbone's weights, then the saved modules.
-    Returns ``(model, processor)``; with LoRA, a PEFT model unless ``merge``."""
-    directory = Path(directory)
+    """Rebuilds a model from an adapter export (or a stage-1 output), a folder or a Hub repo id, on
+    its recorded base model (or ``backbone``): the saved config whole, the backbone's weights, the
+    saved modules, then LoRA through PEFT. Returns ``(model, processor)``; with LoRA, a PEFT model
+    unless ``merge``."""
+    directory = resolve_model_folder(directory, revision)
     manifest = read_adapter_manifest(directory)
     base_model = backbone or manifest["base_model"]
     config = MllmDrConfig.from_pretrained(directory)
@@ -178,11 +228,19 @@ def load_adapter_export(
             f"{(model.config.audio_token_id, model.config.video_token_id)}, the export used "
             f"{(config.audio_token_id, config.video_token_id)}"
         )
+    if (directory / "generation_config.json").is_file():
+        from transformers import GenerationConfig
+
+        model.generation_config = GenerationConfig.from_pretrained(directory)
     state = load_file(str(directory / MODULES_FILE))
     load_new_token_rows(model, state)
     state = {k: v for k, v in state.items() if not k.startswith("new_tokens.")}
     result: torch.nn.Module = model
-    if manifest.get("lora"):
+    if manifest.get("lora") and (directory / PEFT_CONFIG_FILE).is_file():
+        from peft import PeftModel
+
+        result = PeftModel.from_pretrained(model, str(directory), is_trainable=False)
+    elif manifest.get("lora"):  # the earlier format: LoRA's config beside, its weights in MODULES_FILE
         from peft import LoraConfig
 
         lora_config = LoraConfig(**json.loads((directory / LORA_CONFIG_FILE).read_text()))
