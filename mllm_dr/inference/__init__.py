@@ -1,5 +1,5 @@
 """Inference: loading a model (:func:`load_model`) and the one generate-parse-score loop
-(:func:`generate_items`, with the per-item sampler and shared-prefix prefill) that evaluation and
+(:func:`generate_items`, batched by :func:`generate_batches`, with the per-item sampler and shared-prefix prefill) that evaluation and
 prediction share. Never imports :mod:`mllm_dr.training`."""
 
 from .generation import (
@@ -8,6 +8,7 @@ from .generation import (
     PerItemSampler,
     check_rows,
     choose_score,
+    generate_batches,
     generate_items,
     generate_with_shared_prefix,
     item_seed,
@@ -25,6 +26,7 @@ __all__ = [
     "SCORE_SOURCES",
     "check_rows",
     "choose_score",
+    "generate_batches",
     "generate_items",
     "generate_with_shared_prefix",
     "head_is_trained",

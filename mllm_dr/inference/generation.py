@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -237,6 +237,30 @@ def generate_items(
             }
         )
     return records, counted
+
+
+def generate_batches(
+    model,
+    processor: MllmDrProcessor,
+    rows: Sequence[Mapping[str, Any]],
+    mode: str,
+    settings: GenerationArguments,
+    use_head: bool,
+    *,
+    progress: bool = True,
+) -> Iterator[tuple[list[dict[str, Any]], int]]:
+    """:func:`generate_items` over every row, ``settings.batch_size`` at a time (never mixing
+    participants when prefixes are reused): yields each batch's ``(records, new tokens)`` as it is
+    done, so a caller can write it before the next starts. ``progress``: a tqdm bar over items (on
+    stderr)."""
+    from tqdm.auto import tqdm
+
+    batches = make_batches(list(rows), max(1, settings.batch_size), by_participant=settings.prefix_reuse)
+    with tqdm(total=len(rows), desc="generating", unit="item", disable=not progress) as bar:
+        for batch in batches:
+            records, counted = generate_items(model, processor, batch, mode, settings, use_head)
+            bar.update(len(records))
+            yield records, counted
 
 
 def make_batches(rows: list[dict[str, Any]], batch_size: int, by_participant: bool) -> list[list[dict[str, Any]]]:
