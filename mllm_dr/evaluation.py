@@ -78,15 +78,43 @@ def train_mean_predictions(train_rows: Iterable[Mapping[str, Any]], rows: Sequen
     ]  # fmt: skip
 
 
+def _by_participant(records: Iterable[Mapping[str, Any]]) -> dict[str, list[Mapping[str, Any]]]:
+    grouped: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
+    for record in records:
+        grouped[str(record["participant_id"])].append(record)
+    return dict(sorted(grouped.items()))
+
+
+def _true_total(records: Sequence[Mapping[str, Any]]) -> float | None:
+    """A participant's known PHQ total: the recorded total, else the sum of its item labels when
+    every item has one, else None."""
+    total = records[0].get("total")
+    if total is None and all(r.get("label") is not None for r in records):
+        total = sum(r["label"] for r in records)
+    return total
+
+
+MIN_PARTICIPANTS = 2
+
+
+def check_known_totals(records: Iterable[Mapping[str, Any]], where: str = "") -> int:
+    """The number of participants with a known PHQ total among ``records`` (corpus rows or
+    prediction records); ``ValueError`` (one line, naming ``where``) below the 2 that the metrics
+    need: checkable from the rows, before anything is generated."""
+    grouped = _by_participant(records)
+    known = sum(_true_total(group) is not None for group in grouped.values())
+    if known < MIN_PARTICIPANTS:
+        raise ValueError(
+            f"{where + ': ' if where else ''}{known} of {len(grouped)} participant(s) have a known PHQ total (item "
+            f"labels or a total); the metrics need at least {MIN_PARTICIPANTS}: nothing to evaluate"
+        )
+    return known
+
+
 def participant_totals(predictions: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    by_participant: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    for record in predictions:
-        by_participant[record["participant_id"]].append(record)
     out = []
-    for pid, records in sorted(by_participant.items()):
-        true_total = records[0].get("total")
-        if true_total is None and all(r.get("label") is not None for r in records):
-            true_total = sum(r["label"] for r in records)
+    for pid, records in _by_participant(predictions).items():
+        true_total = _true_total(records)
         out.append(
             {
                 "participant_id": pid,
@@ -129,9 +157,7 @@ def compute_metrics(
 ) -> dict[str, Any]:
     """``metrics.json``: the PHQ metrics of the scores that count, format failures, head fallbacks,
     generated-vs-head agreement and, for a model with a trained head, the head's scores alone."""
-    totals = [t for t in participant_totals(predictions) if t["true_total"] is not None]
-    if len(totals) < 2:
-        raise ValueError("fewer than 2 participants with a known PHQ total: nothing to evaluate")
+    check_known_totals(predictions)
     metrics = _phq_metrics(predictions, cutoff, seed, n_bootstrap, with_genders=True)
     labelled = any(p.get("label") is not None for p in predictions)
     low, high = score_range
@@ -162,22 +188,34 @@ def compute_metrics(
     return metrics
 
 
-def write_figures(predictions: list[dict[str, Any]], metrics: dict[str, Any], out: Path, cutoff: float) -> list[str]:
+# ----------------------------------------------------------------------------- figures
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend (files only, no display)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _save_png(fig, path: Path) -> str:
+    """Writes ``fig`` to ``path`` atomically (one resolution and framing for every figure) and closes it."""
+    with atomic_open(path, "wb") as handle:
+        fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
+    _pyplot().close(fig)
+    return path.name
+
+
+def write_figures(predictions: list[dict[str, Any]], metrics: dict[str, Any], out: Path, cutoff: float) -> list[str]:
+    plt = _pyplot()
     totals = [t for t in participant_totals(predictions) if t["true_total"] is not None]
     true = np.array([t["true_total"] for t in totals])
     pred = np.array([t["predicted_total"] for t in totals])
     files = []
 
     def save(fig, name):
-        with atomic_open(out / name, "wb") as handle:
-            fig.savefig(handle, format="png", dpi=110, bbox_inches="tight")
-        plt.close(fig)
-        files.append(name)
+        files.append(_save_png(fig, out / name))
 
     fig, ax = plt.subplots(figsize=(4.5, 4.5))
     top = max(24.0, float(true.max(initial=0)), float(pred.max(initial=0)))
@@ -211,6 +249,29 @@ def write_figures(predictions: list[dict[str, Any]], metrics: dict[str, Any], ou
         ax.tick_params(axis="x", rotation=45)
         save(fig, "per_item_mae.png")
     return files
+
+
+def write_item_figure(items: Sequence[Mapping[str, Any]], path: Path, score_range: tuple[int, int] = (0, 3)) -> str:
+    """One interview's items (``prediction.json``'s): the generated (text) score and the MAA head's
+    score side by side per item, the score that counts as a marker, and each flagged item's flags
+    written under its bar (``item["flags"]``: short labels). Returns the file name."""
+    plt = _pyplot()
+    low, high = score_range
+    x = np.arange(len(items))
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.9 * len(items)), 3.6))
+    text = [np.nan if i["parsed_score"] is None else float(i["parsed_score"]) for i in items]
+    head = [np.nan if i["head_score"] is None else float(min(max(i["head_score"], low), high)) for i in items]
+    ax.bar(x - 0.2, text, width=0.4, label="text score")
+    ax.bar(x + 0.2, head, width=0.4, label="head score (clipped)")
+    ax.scatter(x, [float(i["score"]) for i in items], color="black", marker="_", s=300, zorder=3, label="score used")
+    for position, item in zip(x, items):
+        if item.get("flags"):
+            ax.annotate("\n".join(item["flags"]), (position, low), xytext=(0, -34), textcoords="offset points",
+                        ha="center", va="top", fontsize=7, color="red")  # fmt: skip
+    ax.set_xticks(x, [str(i["item_index"]) for i in items])
+    ax.set(xlabel="PHQ item", ylabel="item score", ylim=(low, high + 0.5), title="Per-item scores (red: flags)")
+    ax.legend(loc="upper left", fontsize=7, ncols=3)
+    return _save_png(fig, path)
 
 
 def left_out_lines(left_out: Mapping[str, Any] | None) -> list[str]:
@@ -287,17 +348,63 @@ def write_report(predictions, metrics, manifest, out: Path, figures: list[str]) 
 # ----------------------------------------------------------------------------- aggregate
 AGGREGATE_METRICS = ("ccc", "precision", "recall", "f1", "rmse", "mae", "format_failure_rate")
 
+# What must agree between the runs of one Table-11 row: where each field is read in a run's
+# manifest.json or metrics.json. Seeds are not here: runs that differ only in their seed are what
+# is aggregated.
+RUN_FIELDS: dict[str, tuple[str, ...]] = {
+    "kind": (MANIFEST, "model", "kind"),  # checkpoint, adapter_export, zero_shot_backbone, train_mean_baseline
+    "model": (MANIFEST, "model", "fingerprint"),  # every byte of the model folder (None: no model)
+    "generation": (MANIFEST, "generation"),  # greedy, or sampling with its temperature and top_k
+    "max_new_tokens": (MANIFEST, "max_new_tokens"),
+    "score_source": (MANIFEST, "score_source"),
+    "unparsed_score": (MANIFEST, "unparsed_score"),
+    "prefix_reuse": (MANIFEST, "prefix_reuse"),
+    "dtype": (MANIFEST, "dtype"),
+    "mode": (MANIFEST, "mode"),
+    "max_transcript_tokens": (MANIFEST, "max_transcript_tokens"),
+    "questionnaire": (MANIFEST, "questionnaire"),
+    "data_format": (MANIFEST, "data", "format"),
+    "data_dir": (MANIFEST, "data", "dir"),
+    "split": (MANIFEST, "data", "split"),
+    "participants": (MANIFEST, "data", "participants"),
+    "cutoff": (METRICS, "cutoff"),
+}
 
-def aggregate(run_dirs: Sequence[str]) -> str:
-    """Table 11: each metric per run, then the mean and the (sample) standard deviation."""
-    rows = []
-    for run in run_dirs:
-        path = Path(run) / METRICS
+
+def _run_field(files: Mapping[str, Any], where: tuple[str, ...]) -> Any:
+    value: Any = files
+    for key in where:
+        value = value.get(key) if isinstance(value, Mapping) else None
+    return value
+
+
+def _read_run(run: str) -> dict[str, Any]:
+    """``{file name: contents}`` of one evaluation folder's manifest and metrics."""
+    found = {}
+    for name in (MANIFEST, METRICS):
+        path = Path(run) / name
         if not path.is_file():
-            raise ValueError(f"{run}: no {METRICS}")
-        rows.append((Path(run).name, json.loads(path.read_text())))
-    header = "| run | " + " | ".join(AGGREGATE_METRICS) + " |"
-    lines = [header, "|" + "---|" * (len(AGGREGATE_METRICS) + 1)]
+            raise ValueError(f"{run}: no {name} (not a finished evaluation folder)")
+        found[name] = json.loads(path.read_text())
+    return found
+
+
+def _differences(runs: Sequence[tuple[str, dict[str, Any]]], ignore: Sequence[str]) -> list[str]:
+    """``'field (value: run, run; value: run)'`` for every field (but ``ignore``) the runs disagree on."""
+    out = []
+    for name in RUN_FIELDS:
+        if name in ignore:
+            continue
+        by_value: dict[str, list[str]] = defaultdict(list)
+        for run, fields in runs:
+            by_value[json.dumps(fields[name], sort_keys=True)].append(run)
+        if len(by_value) > 1:
+            out.append(f"{name} (" + "; ".join(f"{value}: {', '.join(r)}" for value, r in by_value.items()) + ")")
+    return out
+
+
+def _table(rows: Sequence[tuple[str, Mapping[str, Any]]]) -> list[str]:
+    lines = ["| run | " + " | ".join(AGGREGATE_METRICS) + " |", "|" + "---|" * (len(AGGREGATE_METRICS) + 1)]
     for name, metrics in rows:
         cells = [("n/a" if metrics.get(k) is None else f"{metrics[k]:.3f}") for k in AGGREGATE_METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
@@ -307,4 +414,43 @@ def aggregate(run_dirs: Sequence[str]) -> str:
             values = [m[key] for _, m in rows if m.get(key) is not None]
             cells.append("n/a" if not values else f"{fn(values):.3f}")
         lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def aggregate(run_dirs: Sequence[str], group_by: Sequence[str] = ()) -> str:
+    """Table 11: each metric per run, then the mean and the (sample) standard deviation.
+
+    The runs must agree on every :data:`RUN_FIELDS` field (model kind and fingerprint, generation
+    settings, score source, cut-off, data, split, questionnaire...); ``ValueError`` names each field
+    that differs and the folders on either side. ``group_by``: fields that may differ; the runs are
+    then summarised separately per combination of their values (every other field must still agree
+    within a group)."""
+    unknown = [name for name in group_by if name not in RUN_FIELDS]
+    if unknown:
+        raise ValueError(f"--group_by {','.join(unknown)}: not a run field (fields: {', '.join(RUN_FIELDS)})")
+    seen: dict[Path, str] = {}
+    runs = []
+    for run in run_dirs:
+        resolved = Path(run).resolve()
+        if resolved in seen:
+            raise ValueError(f"--aggregate: {run} is given twice (also as {seen[resolved]}): each run counts once")
+        seen[resolved] = run
+        files = _read_run(run)
+        runs.append((run, files[METRICS], {name: _run_field(files, where) for name, where in RUN_FIELDS.items()}))
+    groups: dict[tuple[str, ...], list[tuple[str, dict[str, Any], dict[str, Any]]]] = defaultdict(list)
+    for run in runs:
+        groups[tuple(json.dumps(run[2][name], sort_keys=True) for name in group_by)].append(run)
+    differing = [d for members in groups.values() for d in _differences([(r, f) for r, _m, f in members], group_by)]
+    if differing:
+        hint = ",".join(dict.fromkeys(d.split(" ", 1)[0] for d in differing))
+        raise ValueError(
+            f"--aggregate: the runs are not of one model and settings: they differ in {'; '.join(differing)}. "
+            f"Aggregate comparable runs only, or name the fields to group them by: --group_by {hint}"
+        )
+    lines: list[str] = []
+    for key, members in groups.items():
+        if group_by:
+            heading = ", ".join(f"{name} {value}" for name, value in zip(group_by, key))
+            lines += ([""] if lines else []) + [f"### {heading} ({len(members)} run(s))", ""]
+        lines += _table([(Path(run).name, metrics) for run, metrics, _f in members])
     return "\n".join(lines)

@@ -19,7 +19,7 @@ from mllm_dr.checkpoints import load_adapter_export
 from mllm_dr.commands import evaluate as ev
 from mllm_dr.commands import predict, train
 from mllm_dr.data import read_features
-from mllm_dr.inference import generate_with_shared_prefix, shares_prefix
+from mllm_dr.inference import generate_with_shared_prefix, generation, shares_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -86,7 +86,7 @@ def test_resume_after_interruption_equals_uninterrupted(setup, tmp_path, monkeyp
     straight = tmp_path / "straight"
     run_eval(root / "s2", corpus, straight)
     interrupted = tmp_path / "interrupted"
-    original = ev.generate_items
+    original = generation.generate_items
     calls = {"n": 0}
 
     def dying(*args, **kwargs):
@@ -95,12 +95,12 @@ def test_resume_after_interruption_equals_uninterrupted(setup, tmp_path, monkeyp
             raise KeyboardInterrupt("killed")
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(ev, "generate_items", dying)
+    monkeypatch.setattr(generation, "generate_items", dying)
     with pytest.raises(KeyboardInterrupt):
         run_eval(root / "s2", corpus, interrupted)
     assert len((interrupted / "predictions.jsonl").read_text().splitlines()) == 3  # one participant's batch
     assert not (interrupted / "metrics.json").exists()
-    monkeypatch.setattr(ev, "generate_items", original)
+    monkeypatch.setattr(generation, "generate_items", original)
     run_eval(root / "s2", corpus, interrupted)
     assert (interrupted / "predictions.jsonl").read_text() == (straight / "predictions.jsonl").read_text()
     a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, interrupted))
@@ -162,9 +162,16 @@ def test_baselines_and_aggregate(setup, tmp_path, backbone_dir, capsys):
     assert zero["format_failures"] == sum(p["parsed_score"] is None for p in zero_predictions)
     assert all(p["score"] == 0.0 for p in zero_predictions if p["parsed_score"] is None)  # a failure scores nothing
 
-    ev.main(["--aggregate", str(tmp_path / "mean"), str(tmp_path / "zero")])
+    runs = [str(tmp_path / "mean"), str(tmp_path / "zero")]
+    with pytest.raises(SystemExit) as refused:  # the train-mean baseline is not a run of the zero-shot backbone
+        ev.main(["--aggregate", *runs])
+    message = str(refused.value)
+    assert "\n" not in message and "kind (" in message and "train_mean_baseline" in message
+    assert "zero_shot_backbone" in message and all(run in message for run in runs)
+    ev.main(["--aggregate", *runs, "--group_by", message.rsplit("--group_by ", 1)[1]])
     table = capsys.readouterr().out
-    assert "| mean |" in table and "| std |" in table and "| zero |" in table
+    assert table.count("| std |") == 2 and "| zero |" in table and "| mean |" in table
+    assert "### kind \"train_mean_baseline\"" in table and "### kind \"zero_shot_backbone\"" in table
 
 
 def test_predict_one_interview_with_a_missing_modality(setup, tmp_path, capsys):
@@ -261,3 +268,60 @@ def test_stage1_probe_scores_every_item_against_the_train_mean(setup, tmp_path):
     assert sorted(result) == ["1", "2", "3"]
     for values in result.values():
         assert values["n"] == 5 and 0 <= values["stage1_mae"] <= 3 and 0 <= values["train_mean_mae"] <= 3
+
+
+def test_aggregate_refuses_runs_of_different_models_or_settings_unless_grouped(setup, tmp_path, capsys):
+    root, corpus = setup
+    first = tmp_path / "seed0"
+    run_eval(root / "s2", corpus, first, "--greedy", "--n_bootstrap", "0")
+    seed1 = tmp_path / "seed1"
+    run_eval(root / "s2", corpus, seed1, "--greedy", "--n_bootstrap", "0", "--seed", "1")
+
+    def variant(name: str, manifest_change=None, metrics_change=None) -> Path:
+        folder = tmp_path / name
+        shutil.copytree(first, folder)
+        for file, change in (("manifest.json", manifest_change), ("metrics.json", metrics_change)):
+            if change:
+                data = json.loads((folder / file).read_text())
+                change(data)
+                (folder / file).write_text(json.dumps(data))
+        return folder
+
+    def shifted(metrics):
+        metrics["mae"] += 1.0
+
+    other_model = variant("other", lambda m: m["model"].update(fingerprint="0" * 16), shifted)
+    other_cutoff = variant("cut9", metrics_change=lambda m: m.update(cutoff=9))
+    sampled = variant("sampled", lambda m: m.update(generation="sampling, temperature 0.8, top_k 10, a seed per item"))
+
+    ev.main(["--aggregate", str(first), str(seed1)])  # seeds are meant to differ
+    assert "| seed0 |" in capsys.readouterr().out
+
+    for other, field in ((other_model, "model"), (other_cutoff, "cutoff"), (sampled, "generation")):
+        with pytest.raises(SystemExit) as refused:
+            ev.main(["--aggregate", str(first), str(seed1), str(other)])
+        message = str(refused.value)
+        assert "\n" not in message and f"differ in {field} (" in message
+        assert message.endswith(f"--group_by {field}")  # the one field that differs: never the seed
+        assert f"{first}, {seed1}" in message and str(other) in message
+
+    ev.main(["--aggregate", str(first), str(seed1), str(other_model), "--group_by", "model",
+             "--output_dir", str(tmp_path / "summary")])  # fmt: skip
+    table = capsys.readouterr().out
+    fingerprint = json.loads((first / "manifest.json").read_text())["model"]["fingerprint"]
+    assert f'### model "{fingerprint}" (2 run(s))' in table and f'### model "{"0" * 16}" (1 run(s))' in table
+    groups = table.split("### ")[1:]
+    mae = lambda folder: json.loads((folder / "metrics.json").read_text())["mae"]  # noqa: E731
+    mean_row = lambda group: next(line for line in group.splitlines() if line.startswith("| mean |"))  # noqa: E731
+    assert f"{(mae(first) + mae(seed1)) / 2:.3f}" in mean_row(groups[0]).split("|")[7]
+    assert f"{mae(other_model):.3f}" in mean_row(groups[1]).split("|")[7]
+    assert (tmp_path / "summary" / "aggregate.md").read_text() == table
+    # grouping by one field still refuses a difference in another within a group
+    with pytest.raises(SystemExit, match=r"differ in cutoff .* --group_by cutoff$"):
+        ev.main(["--aggregate", str(first), str(other_cutoff), str(other_model), "--group_by", "model"])
+    with pytest.raises(SystemExit, match="--group_by seed: not a run field"):
+        ev.main(["--aggregate", str(first), str(seed1), "--group_by", "seed"])
+    with pytest.raises(SystemExit, match="given twice"):
+        ev.main(["--aggregate", str(first), str(first)])
+    with pytest.raises(SystemExit, match="--group_by groups the runs of --aggregate"):
+        ev.main(["--group_by", "model"])

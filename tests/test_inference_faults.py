@@ -288,3 +288,76 @@ def test_predict_names_a_pickled_or_unreadable_feature_file(checkpoint, tmp_path
             predict.main(["--model", str(checkpoint), "--transcript", str(transcript), modality, str(bad),
                           "--output_dir", str(tmp_path / "report"), "--device", "cpu"])  # fmt: skip
     assert not (tmp_path / "report").exists()
+
+
+# ------------------------------------------------------------------ issue 13: every refusal before generation
+def never(what: str):
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"{what} ran although the run had to be refused first")
+
+    return refuse
+
+
+def relabel(corpus: Path, split: str, keep_labels: int) -> None:
+    """Removes the item labels and totals of all but the first ``keep_labels`` participants of ``split``."""
+    import datasets
+
+    splits = datasets.load_from_disk(str(corpus))
+    rows = {name: part.to_list() for name, part in splits.items()}
+    del splits
+    keep = sorted({r["participant_id"] for r in rows[split]})[:keep_labels]
+    for row in rows[split]:
+        if row["participant_id"] not in keep:
+            row["label"], row["total"] = None, None
+    staged = corpus.with_name(corpus.name + ".new")
+    datasets.DatasetDict({name: datasets.Dataset.from_list(r) for name, r in rows.items()}).save_to_disk(str(staged))
+    shutil.rmtree(corpus)
+    staged.rename(corpus)
+
+
+@pytest.mark.parametrize("labelled", [0, 1])
+def test_too_few_labelled_participants_are_refused_before_the_model_loads(checkpoint, tmp_path, monkeypatch, labelled):
+    from mllm_dr.inference import generation
+
+    corpus = make_prepared_corpus(tmp_path / "corpus", {"train": 2, "test": 3}, items=(1, 2))
+    relabel(corpus, "test", labelled)
+    monkeypatch.setattr(ev, "load_model", never("load_model"))
+    monkeypatch.setattr(generation, "generate_items", never("generation"))
+    for extra in ((), ("--train_mean",)):
+        with pytest.raises(SystemExit) as refused:
+            evaluate(checkpoint, corpus, tmp_path / "eval", *extra)
+        message = str(refused.value)
+        assert "\n" not in message and f"{corpus}: split 'test'" in message
+        assert f"{labelled} of 3 participant(s) have a known PHQ total" in message and "at least 2" in message
+        assert not (tmp_path / "eval").exists()
+
+
+def test_participants_dropped_by_the_feature_check_are_counted_before_generating(checkpoint, tmp_path, monkeypatch):
+    import datasets
+
+    from mllm_dr.inference import generation
+
+    corpus = make_prepared_corpus(tmp_path / "corpus", {"train": 2, "test": 2}, items=(1, 2))
+    first = datasets.load_from_disk(str(corpus))["test"][0]
+    Path(first["audio_files"][0]).write_bytes(b"")  # one of the two is skipped when its features are read
+    monkeypatch.setattr(generation, "generate_items", never("generation"))
+    with pytest.raises(SystemExit, match=r"split 'test' has no rows|1 of 1 participant\(s\) have a known PHQ total"):
+        evaluate(checkpoint, corpus, tmp_path / "eval", "--on_error", "skip")
+    assert not (tmp_path / "eval").exists()
+
+
+def test_a_train_mean_baseline_without_train_labels_is_refused_before_writing(tmp_path):
+    corpus = make_prepared_corpus(tmp_path / "corpus", {"train": 2, "test": 2}, items=(1, 2))
+    relabel(corpus, "train", 0)
+    with pytest.raises(SystemExit, match="the train-mean baseline needs item labels in the train split"):
+        evaluate(tmp_path / "no_model", corpus, tmp_path / "eval", "--train_mean")
+    assert not (tmp_path / "eval").exists()  # no manifest left behind that a rerun would have to match
+
+
+def test_broken_features_found_while_generating_are_one_line(checkpoint, tmp_path, monkeypatch):
+    from mllm_dr.inference import generation
+
+    corpus = make_prepared_corpus(tmp_path / "corpus", {"train": 2, "test": 2}, items=(1, 2))
+    monkeypatch.setattr(generation, "generate_items", lambda *a, **k: (_ for _ in ()).throw(ValueError("x.npy: NaN")))
+    with pytest.raises(SystemExit, match=r"^error: x.npy: NaN \(the items done so far are kept: rerun to resume\)$"):
+        evaluate(checkpoint, corpus, tmp_path / "eval")

@@ -5,7 +5,8 @@ explainable report (paper sections 4.3, 5.2-5.6).
     mllm-dr-evaluate --model runs/s2 --data_dir CORPUS --dataset_format edaic --split test --output_dir runs/eval
     mllm-dr-evaluate --zero_shot --model BACKBONE ...          # the untrained backbone, same prompts
     mllm-dr-evaluate --train_mean --data_dir CORPUS ...        # each item's training-set mean
-    mllm-dr-evaluate --aggregate runs/eval1 runs/eval2 ...     # a Table-11-style summary
+    mllm-dr-evaluate --aggregate runs/eval1 runs/eval2 ...     # a Table-11-style summary (one model, one setting)
+    mllm-dr-evaluate --aggregate runs/*/eval --group_by kind   # one summary per kind of model
 
 Writes ``predictions.jsonl``, ``metrics.json``, ``manifest.json``, ``report.md`` and PNG figures into
 ``--output_dir``; an existing output is resumed only when its manifest matches.
@@ -24,13 +25,15 @@ from transformers import HfArgumentParser
 
 from processing_mllm_dr import prompt_mode
 
-from ..data import CorpusArguments, FeatureCacheArguments, load_splits
+from ..data import CorpusArguments, FeatureCacheArguments, LoadedCorpus, load_splits
 from ..evaluation import (
     MANIFEST,
     METRICS,
     PREDICTIONS,
     REPORT,
+    RUN_FIELDS,
     aggregate,
+    check_known_totals,
     compute_metrics,
     read_predictions,
     train_mean_predictions,
@@ -41,10 +44,9 @@ from ..inference import (
     GenerationArguments,
     ModelLoadArguments,
     check_rows,
-    generate_items,
+    generate_batches,
     head_is_trained,
     load_model,
-    make_batches,
     model_fingerprint,
 )
 from ..io import LOCK_NAME, FolderInUse, append_jsonl, exclusive_lock, write_json_atomic, write_text_atomic
@@ -59,7 +61,15 @@ class EvaluationArguments:
     zero_shot: bool = field(default=False, metadata={"help": "Evaluate an untrained backbone (--model) with the same prompts."})
     train_mean: bool = field(default=False, metadata={"help": "Baseline: each item's training-set mean (no model)."})
     aggregate: list[str] | None = field(
-        default=None, metadata={"help": "Summarise several evaluation output folders (Table 11: mean and std).", "metavar": "RUN_DIR"}
+        default=None, metadata={"help": "Summarise several evaluation output folders (Table 11: mean and std); they must be runs of one "
+                "model and one setting, or say how to group them with --group_by.", "metavar": "RUN_DIR"}
+    )
+    group_by: str | None = field(
+        default=None,
+        metadata={"help": "With --aggregate: comma-separated run fields (" + ", ".join(RUN_FIELDS) + ") that may "
+                  "differ between the runs; each combination of their values is summarised on its own. Without it, "
+                  "runs that differ in any of these fields are refused (seeds may always differ).",
+                  "metavar": "FIELD[,FIELD]"},
     )
     cutoff: float = field(default=10.0, metadata={"help": "Binary label: total >= cutoff (the authors used 9)."})
     n_bootstrap: int = field(default=1000, metadata={"help": "Bootstrap resamples of the 95%% intervals (0: none)."})
@@ -80,16 +90,18 @@ def parse_args(argv: list[str] | None = None):
     return build_parser().parse_args_into_dataclasses(args=argv)
 
 
-def _rows(
-    corpus_args: CorpusArguments, cache_dir: str | None, split: str, processor, limit: int | None,
-    modalities: tuple[str, ...] = (),
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """The split's rows, and what the evaluation leaves out (skipped data; participants scored
-    without one of ``modalities``, the ones the model uses)."""
+def _load(corpus_args: CorpusArguments, split: str) -> LoadedCorpus:
     try:
-        corpus = load_splits(corpus_args, (split,), frames=processor, cache_dir=cache_dir)
-    except ValueError as error:  # broken data, named by the loader or the cache: before anything is written
+        return load_splits(corpus_args, (split,))
+    except ValueError as error:  # broken data, named by the loader: before a model loads or anything is written
         raise SystemExit(f"error: {error}") from None
+
+
+def _rows(
+    corpus: LoadedCorpus, split: str, limit: int | None, modalities: tuple[str, ...] = ()
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The split's rows (the first ``limit`` participants), and what the evaluation leaves out
+    (skipped data; participants scored without one of ``modalities``, the ones the model uses)."""
     rows = [dict(row) for row in corpus[split]]
     if limit:
         keep = sorted({str(r["participant_id"]) for r in rows})[:limit]
@@ -101,11 +113,25 @@ def _rows(
     return rows, left_out
 
 
+def _check_evaluable(rows: list[dict[str, Any]], corpus_args: CorpusArguments, split: str) -> None:
+    """What the metrics need of the rows, refused before any model loads or generates."""
+    where = f"{corpus_args.data_dir}: split {split!r}"
+    if not rows:
+        raise SystemExit(f"{where} has no rows")
+    try:
+        check_known_totals(rows, where)
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     model_args, corpus_args, cache_args, generation, args = parse_args(argv)
+    if args.group_by and not args.aggregate:
+        raise SystemExit("--group_by groups the runs of --aggregate: give the evaluation folders with --aggregate")
     if args.aggregate:
+        group_by = [name.strip() for name in (args.group_by or "").split(",") if name.strip()]
         try:
-            table = aggregate(args.aggregate)
+            table = aggregate(args.aggregate, group_by)
         except ValueError as error:
             raise SystemExit(str(error)) from None
         print(table)
@@ -123,11 +149,19 @@ def main(argv: list[str] | None = None) -> int:
         generation.score_source = "generated"
     out = Path(args.output_dir)
 
+    corpus = _load(corpus_args, args.split)
+    rows, left_out = _rows(corpus, args.split, args.limit_participants)
+    _check_evaluable(rows, corpus_args, args.split)  # before a model loads: the labels are known now
+    baseline: list[dict[str, Any]] = []
     if args.train_mean:
         model = processor = None
         description: dict[str, Any] = {"kind": "train_mean_baseline", "path": None}
         mode = "none"
-        rows, left_out = _rows(corpus_args, None, args.split, None, args.limit_participants)
+        questionnaire = corpus.questionnaire
+        try:
+            baseline = train_mean_predictions(_load(corpus_args, "train")["train"], rows)
+        except ValueError as error:
+            raise SystemExit(f"error: {error}") from None
     else:
         if model_args.model is None:
             raise SystemExit("--model is required")
@@ -137,17 +171,21 @@ def main(argv: list[str] | None = None) -> int:
             trust_remote_code=model_args.trust_remote_code,
         )  # fmt: skip
         model, processor, description = loaded.model, loaded.processor, loaded.description
-        mode = prompt_mode(2, bool(model.config.use_audio), bool(model.config.use_video))
-        used = tuple(m for m in ("audio", "video") if getattr(processor.inputs_for(mode), m))
-        rows, left_out = _rows(corpus_args, cache_args.feature_cache_dir, args.split, processor, args.limit_participants, used)
-        check_rows(rows, processor, mode)
+        questionnaire = processor.questionnaire
         if generation.score_source == "head" and not head_is_trained(model, args.zero_shot):
             raise SystemExit(
                 f"--score_source head: {model_args.model} has no trained score head (zero-shot, stage 1, or trained "
                 "without the joint loss); use --score_source generated"
             )
-    if not rows:
-        raise SystemExit(f"{corpus_args.data_dir}: split {args.split!r} has no rows")
+        mode = prompt_mode(2, bool(model.config.use_audio), bool(model.config.use_video))
+        used = tuple(m for m in ("audio", "video") if getattr(processor.inputs_for(mode), m))
+        try:
+            corpus.cache_features(processor, cache_args.feature_cache_dir)
+        except ValueError as error:  # unreadable or non-finite features, named by the cache: before generating
+            raise SystemExit(f"error: {error}") from None
+        rows, left_out = _rows(corpus, args.split, args.limit_participants, used)
+        _check_evaluable(rows, corpus_args, args.split)  # --on_error skip may have dropped participants
+        check_rows(rows, processor, mode)
 
     manifest = {
         "model": {**description, "fingerprint": model_fingerprint(description["path"]) if description["path"] else None},
@@ -162,16 +200,17 @@ def main(argv: list[str] | None = None) -> int:
         "unparsed_score": generation.unparsed_score,
         "mode": mode,
         "max_transcript_tokens": None if processor is None else processor.max_transcript_tokens,
+        "questionnaire": questionnaire,
     }  # fmt: skip
     try:
         with exclusive_lock(out, "evaluation"):
-            return _evaluate_into(out, manifest, rows, left_out, model, processor, mode, model_args, corpus_args,
+            return _evaluate_into(out, manifest, rows, left_out, model, processor, mode, baseline, model_args,
                                   generation, args)  # fmt: skip
     except FolderInUse as error:
         raise SystemExit(f"error: {error}") from None
 
 
-def _evaluate_into(out, manifest, rows, left_out, model, processor, mode, model_args, corpus_args, generation, args) -> int:
+def _evaluate_into(out, manifest, rows, left_out, model, processor, mode, baseline, model_args, generation, args) -> int:
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
         existing = json.loads(manifest_path.read_text())
@@ -193,21 +232,17 @@ def _evaluate_into(out, manifest, rows, left_out, model, processor, mode, model_
     started, new_tokens, generated_items = time.perf_counter(), 0, 0
     if args.train_mean:
         if todo:
-            train_rows, _ = _rows(corpus_args, None, "train", None, None)
-            try:
-                append_jsonl(predictions_path, train_mean_predictions(train_rows, todo))
-            except ValueError as error:
-                raise SystemExit(str(error)) from None
+            keys = {(str(r["participant_id"]), int(r["item_index"])) for r in todo}
+            append_jsonl(predictions_path, [p for p in baseline if (p["participant_id"], p["item_index"]) in keys])
     elif todo:
-        from tqdm.auto import tqdm
-
         use_head = head_is_trained(model, args.zero_shot)
-        batches = make_batches(todo, generation.batch_size, by_participant=generation.prefix_reuse)
-        for batch_rows in tqdm(batches, desc="generating", unit="batch"):
-            records, counted = generate_items(model, processor, batch_rows, mode, generation, use_head)
-            append_jsonl(predictions_path, records)
-            new_tokens += counted
-            generated_items += len(records)
+        try:
+            for records, counted in generate_batches(model, processor, todo, mode, generation, use_head):
+                append_jsonl(predictions_path, records)
+                new_tokens += counted
+                generated_items += len(records)
+        except ValueError as error:  # features the checks could not see (read in full only now), named by the reader
+            raise SystemExit(f"error: {error} (the items done so far are kept: rerun to resume)") from None
     elapsed = time.perf_counter() - started
 
     try:
