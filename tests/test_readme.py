@@ -55,7 +55,7 @@ PYTHON_PLACEHOLDERS = {
 
 # Bash command lines that are not parsed here, as written (after joining continuations).
 UNPARSED_LINES = {
-    "make demo": "the demo itself (minutes); its recipe is tested in tests/test_demo.py",
+    "make demo": "the demo itself (minutes); its recipe is tested in tests/test_demo_recipe.py",
     "make test": "this suite",
 }
 SCRIPTS = {"train.py", "evaluate_mllm_dr.py"}  # `python X` in a checkout; each calls one command's main()
