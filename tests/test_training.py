@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from training_fixtures import TINY_OVERRIDES, make_prepared_corpus
+from training_fixtures import common_args, make_prepared_corpus
 
 from mllm_dr.checkpoints import DEFAULT_LORA_TARGET, apply_lora, load_adapter_export, trainable_state
 from mllm_dr.commands import train
@@ -27,25 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     return make_prepared_corpus(tmp_path_factory.mktemp("corpus"))
-
-
-def common_args(data: Path, steps: int = 4, **extra: str) -> list[str]:
-    args = {
-        "--data_dir": str(data),
-        "--dataset_format": "prepared",
-        "--model_overrides": TINY_OVERRIDES,
-        "--per_device_train_batch_size": "2",
-        "--per_device_eval_batch_size": "4",
-        "--max_steps": str(steps),
-        "--use_cpu": "true",
-        "--report_to": "none",
-        "--logging_steps": "1",
-        "--max_transcript_tokens": "32",
-        "--disable_tqdm": "true",
-        "--seed": "7",
-    }
-    args.update(extra)
-    return [item for pair in args.items() for item in pair]
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +60,7 @@ def test_stage1_output_holds_modules_and_a_reference_not_the_backbone(stage1, ba
 
 
 def test_trainable_parameters_per_stage(backbone_dir, corpus, stage1):
-    model_args, _, _, data_args, args = train.parse_args(
+    model_args, _, _, data_args, args, _ = train.parse_args(
         ["--stage", "1", "--backbone", str(backbone_dir), "--output_dir", "unused", *common_args(corpus)]
     )
     model = build_stage_model(model_args, args, "phq8", data_args.max_transcript_tokens).model
@@ -87,7 +68,7 @@ def test_trainable_parameters_per_stage(backbone_dir, corpus, stage1):
     expected = {n for n, _ in model.named_parameters() if n.startswith(("audio_lq", "video_lq", "audio_proj", "video_proj"))}
     assert names == expected and "audio_lqformer.query_tokens" in names and "video_lqformer.query_tokens" in names
 
-    model_args, _, _, data_args, args = train.parse_args(
+    model_args, _, _, data_args, args, _ = train.parse_args(
         ["--stage", "2", "--init_from", str(stage1), "--output_dir", "unused", *common_args(corpus)]
     )
     peft_model = build_stage_model(model_args, args, "phq8", data_args.max_transcript_tokens).model

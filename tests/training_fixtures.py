@@ -65,3 +65,23 @@ def make_prepared_corpus(root: Path, participants: dict[str, int] | None = None,
     path = root / "prepared"
     datasets.DatasetDict(splits).save_to_disk(str(path))
     return path
+
+
+def common_args(data: Path, steps: int = 4, **extra: str) -> list[str]:
+    """Flags of a few-step tiny training run on ``data`` (a prepared corpus); ``extra`` overrides."""
+    args = {
+        "--data_dir": str(data),
+        "--dataset_format": "prepared",
+        "--model_overrides": TINY_OVERRIDES,
+        "--per_device_train_batch_size": "2",
+        "--per_device_eval_batch_size": "4",
+        "--max_steps": str(steps),
+        "--use_cpu": "true",
+        "--report_to": "none",
+        "--logging_steps": "1",
+        "--max_transcript_tokens": "32",
+        "--disable_tqdm": "true",
+        "--seed": "7",
+    }
+    args.update(extra)
+    return [item for pair in args.items() for item in pair]

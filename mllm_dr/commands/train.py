@@ -7,7 +7,9 @@
         --rationales CORPUS/rationales.jsonl --output_dir runs/s2
 
 ``python train.py`` and ``accelerate launch train.py`` take the same flags. Trains on ``train``,
-evaluates on ``dev``, never reads ``test``.
+evaluates on ``dev``, never reads ``test``. ``--push_to_hub --hub_model_id OWNER/NAME
+--i_may_share_weights`` publishes one export at the end (``--hub_export merged|adapter``, private by
+default) through ``mllm_dr.hub``, as ``mllm-dr-push`` does for an existing run.
 """
 
 from __future__ import annotations
@@ -22,8 +24,10 @@ from pathlib import Path
 import torch
 from transformers import HfArgumentParser, TrainingArguments, set_seed
 
+from ..cards import build_card, is_hub_id
 from ..checkpoints import export_adapter, export_merged
 from ..data import CorpusArguments, FeatureCacheArguments, MllmDrCollator, data_fingerprint, load_splits, tokenize_rows
+from ..hub import LICENCE_GUARD, PublishArguments, PublishError, backbone_hub_id, backbone_license, backbone_lineage, publish
 from ..io import write_json_atomic, write_text_atomic
 from ..training import (
     MllmDrTrainer,
@@ -33,7 +37,6 @@ from ..training import (
     build_stage_model,
     file_fingerprint,
     git_commit,
-    model_card,
     package_versions,
     participant_item_scores,
     precompute_modality_embeddings,
@@ -43,7 +46,7 @@ from ..training.resume import check_checkpoint, check_data, resolve_checkpoint
 
 logger = logging.getLogger("mllm_dr.train")
 
-ARGUMENTS = (ModelArguments, CorpusArguments, FeatureCacheArguments, TrainDataArguments, MllmDrTrainingArguments)
+ARGUMENTS = (ModelArguments, CorpusArguments, FeatureCacheArguments, TrainDataArguments, MllmDrTrainingArguments, PublishArguments)
 _DEFAULT_LEARNING_RATE = next(f.default for f in dataclasses.fields(TrainingArguments) if f.name == "learning_rate")
 
 
@@ -53,7 +56,9 @@ def build_parser() -> HfArgumentParser:
 
 def parse_args(
     argv: list[str] | None = None,
-) -> tuple[ModelArguments, CorpusArguments, FeatureCacheArguments, TrainDataArguments, MllmDrTrainingArguments]:
+) -> tuple[
+    ModelArguments, CorpusArguments, FeatureCacheArguments, TrainDataArguments, MllmDrTrainingArguments, PublishArguments
+]:
     """The argument groups, from ``argv`` or (one ``.json`` argument) a JSON file."""
     parser = build_parser()
     arguments = sys.argv[1:] if argv is None else argv
@@ -63,7 +68,11 @@ def parse_args(
 
 
 def validate(
-    model_args: ModelArguments, corpus_args: CorpusArguments, data_args: TrainDataArguments, args: MllmDrTrainingArguments
+    model_args: ModelArguments,
+    corpus_args: CorpusArguments,
+    data_args: TrainDataArguments,
+    args: MllmDrTrainingArguments,
+    publish_args: PublishArguments | None = None,
 ) -> None:
     """Every refusal that needs no data, before anything is loaded."""
     if args.stage not in (1, 2):
@@ -100,22 +109,39 @@ def validate(
         raise SystemExit("--alignment_probe_weight is a stage-1 objective (stage 2 removes the probe)")
     if args.stage == 2 and data_args.rationales is None and corpus_args.spec().name != "prepared":
         raise SystemExit("stage 2 trains on rationale + score targets: pass --rationales FILE")
-    if args.push_to_hub and not args.i_may_share_weights:
-        raise SystemExit(
-            "--push_to_hub uploads weights trained on licensed data (E-DAIC-WOZ, DAIC-WOZ and CMDC forbid sharing "
-            "transcripts and may restrict derived weights). Check your data licence; if it allows sharing, add "
-            "--i_may_share_weights."
-        )
+    if args.push_to_hub:
+        if not args.i_may_share_weights:
+            raise SystemExit(f"--push_to_hub: {LICENCE_GUARD}")
+        validate_publishing(model_args, args, publish_args or PublishArguments())
     out = Path(args.output_dir)
     resuming = args.resume_from_checkpoint is not None
     if out.exists() and any(out.iterdir()) and not args.overwrite_output_dir and not resuming:
         raise SystemExit(f"{out} exists and is not empty: pass --overwrite_output_dir or --resume_from_checkpoint")
 
 
+def validate_publishing(model_args: ModelArguments, args: MllmDrTrainingArguments, publish_args: PublishArguments) -> None:
+    """What the publish step at the end would refuse, refused before training."""
+    if not is_hub_id(args.hub_model_id):
+        raise SystemExit(f"--push_to_hub needs --hub_model_id OWNER/NAME (got {args.hub_model_id!r})")
+    if args.stage == 1 and publish_args.hub_export == "merged":
+        raise SystemExit("--push_to_hub: a stage-1 output has no merged export; pass --hub_export adapter")
+    if publish_args.base_model_id is not None and not is_hub_id(publish_args.base_model_id):
+        raise SystemExit(f"--base_model_id {publish_args.base_model_id!r} is not a Hub id (owner/name)")
+    if publish_args.hub_export == "adapter" and publish_args.base_model_id is None and model_args.init_from is None:
+        if backbone_hub_id(model_args.backbone) is None:
+            raise SystemExit(
+                f"--push_to_hub --hub_export adapter: the backbone {model_args.backbone} has no Hub id holding its "
+                "weights; pass --base_model_id OWNER/NAME or publish the merged export"
+            )
+
+
 def main(argv: list[str] | None = None) -> int:
-    model_args, corpus_args, cache_args, data_args, args = parse_args(argv)
+    model_args, corpus_args, cache_args, data_args, args, publish_args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    validate(model_args, corpus_args, data_args, args)
+    validate(model_args, corpus_args, data_args, args, publish_args)
+    # The Trainer's own push (its repo at start-up, the whole output folder, its generic card) is
+    # replaced by mllm_dr.hub's publish step after the exports.
+    push_to_hub, args.push_to_hub = args.push_to_hub, False
     if not args.joint_loss:
         args.score_loss_weight = 0.0
     if args.stage == 1:
@@ -191,10 +217,13 @@ def main(argv: list[str] | None = None) -> int:
     trainable = {n: p.numel() for n, p in base.named_parameters() if p.requires_grad}
     logger.info("stage %d, mode %s: %d trainable tensors, %d parameters", args.stage, mode, len(trainable), sum(trainable.values()))
 
+    base_model_id = publish_args.base_model_id or backbone_hub_id(stage.base_model)
     manifest = {
         "stage": args.stage,
         "mode": mode,
         "base_model": stage.base_model,
+        "base_model_id": base_model_id,  # a Hub id holding exactly the backbone's weights, or None
+        "base_model_lineage": base_model_id or backbone_lineage(stage.base_model),
         "init_from": model_args.init_from,
         "git_commit": git_commit(),
         "packages": package_versions(),
@@ -208,6 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         },  # fmt: skip
         "data": {
             "format": corpus.spec.name,
+            "synthetic": (Path(corpus_args.data_dir) / "SYNTHETIC.md").is_file(),
             "questionnaire": corpus.questionnaire,
             "train_fingerprint": getattr(train_rows, "_fingerprint", None),
             "dev_fingerprint": getattr(dev_rows, "_fingerprint", None),
@@ -234,12 +264,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def write_card_and_manifest(metrics: dict) -> None:
         manifest["final_metrics"] = metrics
-        card = model_card(
-            args.stage, stage.base_model, corpus.spec.name, {"train": len(train_rows), "dev": len(dev_rows)},
-            {k: v for k, v in metrics.items() if k.startswith("eval_")}, mode,
-        )  # fmt: skip
-        for folder in [out] if args.stage == 1 else [out / "adapter", out / "merged"]:
-            write_text_atomic(folder / "README.md", card)
+        license = publish_args.hub_license or backbone_license(stage.base_model)
+        folders = {"adapter": out} if args.stage == 1 else {"adapter": out / "adapter", "merged": out / "merged"}
+        for kind, folder in folders.items():
+            card = build_card(manifest, kind, base_model_id=manifest["base_model_lineage"], license=license)
+            write_text_atomic(folder / "README.md", str(card))
         write_json_atomic(out / "run_manifest.json", manifest)
 
     # What training earned is exported before anything else can fail (the final dev evaluation).
@@ -270,8 +299,20 @@ def main(argv: list[str] | None = None) -> int:
                 ) from error
         if args.should_save:
             write_card_and_manifest(metrics)
-    if args.should_save and args.push_to_hub:
-        trainer.push_to_hub(commit_message=f"MLlm-DR stage {args.stage}")
+    if args.should_save and push_to_hub:
+        try:
+            url = publish(
+                out, args.hub_model_id, kind=publish_args.hub_export, private=args.hub_private_repo is not False,
+                token=args.hub_token, base_model_id=publish_args.base_model_id, license=publish_args.hub_license,
+                commit_message=f"MLlm-DR stage {args.stage}",
+            )  # fmt: skip
+        except PublishError as error:
+            raise SystemExit(
+                f"error: {error}. Training finished and its exports in {out} are complete; publish them later with "
+                f"mllm-dr-push --run_dir {out} --hub_model_id {args.hub_model_id} --hub_export {publish_args.hub_export} "
+                "--i_may_share_weights"
+            ) from None
+        logger.info("published %s: %s", args.hub_model_id, url)
     # Every rank waits for the main one to finish exporting, then the process group is torn down:
     # a rank that exits while another still runs can make gloo abort the survivor (SIGABRT).
     trainer.accelerator.wait_for_everyone()

@@ -1,14 +1,12 @@
-"""What a training run records about itself: ``run_manifest.json`` (code, versions, seeds,
-arguments, data fingerprints, truncated transcripts) and the checkpoint's model card."""
+"""What a training run records about itself in ``run_manifest.json``: code, versions, seeds,
+arguments, data fingerprints, truncated transcripts (the card is ``mllm_dr.cards``)."""
 
 from __future__ import annotations
 
 import hashlib
 import platform
 import subprocess
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import datasets
 
@@ -58,54 +56,3 @@ def truncation_summary(rows: datasets.Dataset, uses_transcript: bool) -> dict[st
     for pid, tokens in zip(rows["participant_id"], rows["transcript_truncated"], strict=True):
         cut[str(pid)] = max(cut.get(str(pid), 0), int(tokens))
     return {"participants": len(cut), "truncated": sum(tokens > 0 for tokens in cut.values())}
-
-
-def model_card(
-    stage: int,
-    base_model: str,
-    dataset_format: str,
-    split_sizes: Mapping[str, int],
-    metrics: Mapping[str, Any] | None,
-    mode: str,
-) -> str:
-    """README.md for a checkpoint. Built from names and numbers only: it never holds training text."""
-    metric_lines = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in (metrics or {}).items())
-    metrics_block = (
-        f"| metric | value |\n|---|---|\n{metric_lines}" if metric_lines else "No metrics were measured for this checkpoint."
-    )
-    sizes = ", ".join(f"{k}: {v} samples" for k, v in split_sizes.items())
-    return f"""---
-library_name: transformers
-base_model: {base_model}
-tags: [mllm-dr, depression-recognition, explainability, research-only]
----
-
-# MLlm-DR checkpoint (stage {stage})
-
-An MLlm-DR model (LQ-formers over pre-extracted audio/visual features, a causal LM with LoRA, and
-a multi-head attention aggregation score head) for explainable PHQ item scoring.
-
-- **Base model:** `{base_model}`
-- **Training stage:** {stage} ({"LQ-former alignment, LLM frozen" if stage == 1 else "LoRA + score head, LQ-formers frozen"})
-- **Prompt mode:** `{mode}`
-- **Data:** `{dataset_format}` corpus ({sizes}). No transcript or rationale text is included here.
-
-## Metrics
-
-{metrics_block}
-
-## Intended use and limitations
-
-Research use only. **This is not a diagnostic device** and must not be used to diagnose, screen or
-treat anyone. Scores and rationales can be wrong, biased by the small training corpora
-(E-DAIC-WOZ: 275 participants, CMDC: 78), and sensitive to recording conditions. Weights trained
-on licensed corpora may be subject to those corpora's licence terms: check before sharing.
-
-Load with:
-
-```python
-from transformers import AutoModel, AutoProcessor
-model = AutoModel.from_pretrained("<this folder>", trust_remote_code=True)
-processor = AutoProcessor.from_pretrained("<this folder>", trust_remote_code=True)
-```
-"""
