@@ -142,6 +142,24 @@ def test_the_staged_repo_loads_from_a_clean_process_with_its_cards_snippet_and_m
         assert "transformers_modules" in stdout
 
 
+@pytest.mark.parametrize("export", ["s1", "s2/adapter", "s2/merged"])
+def test_the_load_snippet_of_every_training_output_card_runs_in_a_clean_process(run, tmp_path, export):
+    folder = run.parent / export
+    (snippet,) = card_snippets(folder / "README.md")
+    assert "<this folder>" in snippet
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    inputs = probe_inputs(tmp_path / "inputs.safetensors")
+    run_snippet(snippet.replace("<this folder>", str(folder)), workdir, clean_env(tmp_path / "empty_cache"),
+                tmp_path / "inputs.safetensors", tmp_path / "out.safetensors")  # fmt: skip
+    got = load_file(str(tmp_path / "out.safetensors"))
+    assert torch.isfinite(got["logits"]).all() and got["sampling"].tolist() == pytest.approx([1.0, 0.8, 10.0, 200.0])
+    if export != "s1":  # the stage-2 exports are the trained model
+        want = expected_outputs(run, inputs)
+        torch.testing.assert_close(got["logits"], want["logits"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(got["score"], want["score"], rtol=1e-4, atol=1e-4)
+
+
 def test_every_card_we_write_validates_and_names_no_local_path(run, tmp_path):
     cards = [run.parent / "s1" / "README.md", run / "merged" / "README.md", run / "adapter" / "README.md"]
     staged, _ = stage_export(run, tmp_path / "staged", repo_id=REPO)
