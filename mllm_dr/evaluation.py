@@ -5,6 +5,7 @@ several runs; plus the train-mean baseline's predictions."""
 from __future__ import annotations
 
 import json
+import textwrap
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -264,13 +265,14 @@ def write_item_figure(items: Sequence[Mapping[str, Any]], path: Path, score_rang
     ax.bar(x - 0.2, text, width=0.4, label="text score")
     ax.bar(x + 0.2, head, width=0.4, label="head score (clipped)")
     ax.scatter(x, [float(i["score"]) for i in items], color="black", marker="_", s=300, zorder=3, label="score used")
-    for position, item in zip(x, items):
+    for position, item in zip(x, items):  # each flag above its item, wrapped to the bar's width
         if item.get("flags"):
-            ax.annotate("\n".join(item["flags"]), (position, low), xytext=(0, -34), textcoords="offset points",
-                        ha="center", va="top", fontsize=7, color="red")  # fmt: skip
+            label = "\n".join(line for flag in item["flags"] for line in textwrap.wrap(flag, 10))
+            ax.text(position, high + 1.2, label, ha="center", va="top", fontsize=7, color="red")
     ax.set_xticks(x, [str(i["item_index"]) for i in items])
-    ax.set(xlabel="PHQ item", ylabel="item score", ylim=(low, high + 0.5), title="Per-item scores (red: flags)")
-    ax.legend(loc="upper left", fontsize=7, ncols=3)
+    ax.set(xlabel="PHQ item", ylabel="item score", ylim=(low, high + 1.3), yticks=range(low, high + 1),
+           title="Per-item scores (red: flags)")  # fmt: skip
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), fontsize=7, ncols=3, frameon=False)
     return _save_png(fig, path)
 
 

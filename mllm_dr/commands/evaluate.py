@@ -47,7 +47,6 @@ from ..inference import (
     generate_batches,
     head_is_trained,
     load_model,
-    model_fingerprint,
 )
 from ..io import LOCK_NAME, FolderInUse, append_jsonl, exclusive_lock, write_json_atomic, write_text_atomic
 
@@ -61,8 +60,9 @@ class EvaluationArguments:
     zero_shot: bool = field(default=False, metadata={"help": "Evaluate an untrained backbone (--model) with the same prompts."})
     train_mean: bool = field(default=False, metadata={"help": "Baseline: each item's training-set mean (no model)."})
     aggregate: list[str] | None = field(
-        default=None, metadata={"help": "Summarise several evaluation output folders (Table 11: mean and std); they must be runs of one "
-                "model and one setting, or say how to group them with --group_by.", "metavar": "RUN_DIR"}
+        default=None,
+        metadata={"help": "Summarise several evaluation output folders (Table 11: mean and std); they must be runs "
+                  "of one model and one setting, or say how to group them with --group_by.", "metavar": "RUN_DIR"}
     )
     group_by: str | None = field(
         default=None,
@@ -155,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
     baseline: list[dict[str, Any]] = []
     if args.train_mean:
         model = processor = None
-        description: dict[str, Any] = {"kind": "train_mean_baseline", "path": None}
+        description: dict[str, Any] = {"kind": "train_mean_baseline", "path": None, "fingerprint": None}
         mode = "none"
         questionnaire = corpus.questionnaire
         try:
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             max_transcript_tokens=args.max_transcript_tokens, dtype=model_args.dtype, device=model_args.device,
             trust_remote_code=model_args.trust_remote_code,
         )  # fmt: skip
-        model, processor, description = loaded.model, loaded.processor, loaded.description
+        model, processor, description = loaded.model, loaded.processor, loaded.record()
         questionnaire = processor.questionnaire
         if generation.score_source == "head" and not head_is_trained(model, args.zero_shot):
             raise SystemExit(
@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         check_rows(rows, processor, mode)
 
     manifest = {
-        "model": {**description, "fingerprint": model_fingerprint(description["path"]) if description["path"] else None},
+        "model": description,
         "data": {"format": corpus_args.dataset_format, "dir": str(Path(corpus_args.data_dir).resolve()), "split": args.split,
                  "items": len(rows), "participants": len({r["participant_id"] for r in rows}), "left_out": left_out},
         "generation": generation.describe(),
@@ -210,7 +210,9 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {error}") from None
 
 
-def _evaluate_into(out, manifest, rows, left_out, model, processor, mode, baseline, model_args, generation, args) -> int:
+def _evaluate_into(
+    out, manifest, rows, left_out, model, processor, mode, baseline, model_args, generation, args
+) -> int:
     manifest_path = out / MANIFEST
     if manifest_path.is_file():
         existing = json.loads(manifest_path.read_text())

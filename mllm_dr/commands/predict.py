@@ -8,13 +8,21 @@ Transcripts: E-DAIC ``<ID>_Transcript.csv``, DAIC-WOZ ``<ID>_TRANSCRIPT.csv`` (t
 speakers), or plain text (CMDC ``Q<n>.txt``). Features: ``.npy``, ``.mat`` (variable ``feature``) or
 an OpenFace CSV; several files per modality are concatenated along frames. Everything stays on this
 machine: nothing is uploaded.
+
+Writes ``prediction.json`` (the items with their PHQ wording; an item whose generation broke the
+format has ``rationale`` null and its text in ``raw_output``; the model's path, kind and fingerprint,
+every generation setting, the cut-off, package versions and the date), ``prediction.md`` (unparsed
+output in its own labelled blocks, never as a rationale) and ``prediction_items.png`` (text score,
+head score and flags per item).
 """
 
 from __future__ import annotations
 
 import json
+import re
 import sys
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +31,22 @@ from transformers import HfArgumentParser
 from processing_mllm_dr import prompt_mode
 
 from ..data import feature_shape, read_transcript
-from ..evaluation import DISCLAIMER
-from ..inference import GenerationArguments, ModelLoadArguments, check_rows, generate_items, head_is_trained, load_model
+from ..evaluation import DISCLAIMER, write_item_figure
+from ..inference import (
+    GenerationArguments,
+    ModelLoadArguments,
+    check_rows,
+    generate_batches,
+    head_is_trained,
+    load_model,
+)
 from ..io import write_text_atomic
 from ..metrics import severity_band_name
+from ..training import package_versions
 
 SELF_HARM_ITEM = 9
 DISAGREEMENT = 2.0
+FIGURE = "prediction_items.png"
 
 
 @dataclass
@@ -42,7 +59,9 @@ class PredictionArguments:
     participant_id: str | None = field(
         default=None, metadata={"help": "Id shown in the report (default: the transcript name up to its first '_')."}
     )
-    output_dir: str | None = field(default=None, metadata={"help": "Folder for prediction.json and prediction.md."})
+    output_dir: str | None = field(
+        default=None, metadata={"help": f"Folder for prediction.json, prediction.md and its figure ({FIGURE})."}
+    )
     cutoff: float = field(default=10.0, metadata={"help": "Binary screen: total >= cutoff."})
 
 
@@ -57,22 +76,39 @@ def parse_args(argv: list[str] | None = None):
     return build_parser().parse_args_into_dataclasses(args=argv)
 
 
+def item_wording(processor, index: int) -> str:
+    """The PHQ wording of item ``index`` (the aspect the prompt asks about), as a sentence start."""
+    aspect = processor.item(index).aspect
+    return aspect[:1].upper() + aspect[1:]
+
+
+def item_flags(item: dict[str, Any], questionnaire: str) -> dict[str, str]:
+    """``{short label: sentence}`` for what in one item needs a human (the label goes into the figure)."""
+    found = {}
+    if item["parsed_score"] is None:
+        found["unparsed output"] = "the generated text broke the output format: its score and rationale are not used"
+    elif item["head_score"] is not None and abs(item["parsed_score"] - item["head_score"]) >= DISAGREEMENT:
+        found["text vs head"] = (
+            f"the generated score {item['parsed_score']} and the regression head's {item['head_score']:.2f} differ "
+            f"by {DISAGREEMENT:g} or more"
+        )
+    if questionnaire == "phq9" and item["item_index"] == SELF_HARM_ITEM and item["score"] > 0:
+        found["clinician review"] = "thoughts of death or self-harm are above 0: requires clinician review"
+    return found
+
+
 def build_report(
     items: list[dict[str, Any]], cutoff: float, questionnaire: str, missing: list[str], participant: str
 ) -> dict[str, Any]:
+    """``prediction.json`` without its provenance: the items (each with its short ``flags``), the
+    total, severity band, binary screen and every flag as a sentence."""
     total = float(sum(item["score"] for item in items))
     flags = []
     for item in items:
-        if item["parsed_score"] is not None and item["head_score"] is not None:
-            if abs(item["parsed_score"] - item["head_score"]) >= DISAGREEMENT:
-                flags.append(
-                    f"item {item['item_index']} ({item['item_name']}): the generated score {item['parsed_score']} and "
-                    f"the regression head's {item['head_score']:.2f} differ by {DISAGREEMENT:g} or more"
-                )
-        if item["parsed_score"] is None:
-            flags.append(f"item {item['item_index']} ({item['item_name']}): the generated text broke the output format")
-        if questionnaire == "phq9" and item["item_index"] == SELF_HARM_ITEM and item["score"] > 0:
-            flags.append("item 9 (thoughts of death or self-harm) is above 0: requires clinician review")
+        found = item_flags(item, questionnaire)
+        item["flags"] = list(found)
+        wording = item.get("item_wording") or item["item_name"]
+        flags += [f"item {item['item_index']} ({wording}): {sentence}" for sentence in found.values()]
     for modality in missing:
         flags.append(f"no {modality} features: scored without that modality")
     return {
@@ -88,7 +124,20 @@ def build_report(
     }
 
 
-def to_markdown(report: dict[str, Any]) -> str:
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _fenced(text: str) -> list[str]:
+    """``text`` verbatim in a code block whose fence no backtick run inside it can close."""
+    if not text.strip():
+        return ["*(empty: nothing was generated)*"]
+    longest = max((len(run) for run in re.findall(r"`+", text)), default=0)
+    fence = "`" * max(3, longest + 1)
+    return [f"{fence}text", text, fence]
+
+
+def to_markdown(report: dict[str, Any], figure: str | None = None) -> str:
     lines = [
         f"# PHQ report for participant {report['participant_id']}",
         "",
@@ -101,14 +150,39 @@ def to_markdown(report: dict[str, Any]) -> str:
     ]
     if report["flags"]:
         lines += ["## Needs a human", ""] + [f"- {flag}" for flag in report["flags"]] + [""]
-    lines += ["## Items", "", "| # | item | score | generated | head | rationale |", "|---|---|---|---|---|---|"]
+    lines += ["## Items", "", "| # | PHQ item | score | generated | head | rationale |", "|---|---|---|---|---|---|"]
+    unparsed = []
     for item in report["items"]:
         head = "n/a" if item["head_score"] is None else f"{item['head_score']:.2f}"
-        generated = "unparsed" if item["parsed_score"] is None else str(item["parsed_score"])
-        rationale = (item["rationale"] or "").replace("|", "\\|").replace("\n", " ")
-        lines.append(f"| {item['item_index']} | {item['item_name']} | {item['score']:.2f} | {generated} | {head} | {rationale} |")
+        wording = _cell(item.get("item_wording") or item["item_name"])
+        if item["parsed_score"] is None:
+            generated, rationale = "unparsed", "*unparsed output, shown below: not a rationale*"
+            unparsed.append(item)
+        else:
+            generated, rationale = str(item["parsed_score"]), _cell(item["rationale"] or "")
+        lines.append(f"| {item['item_index']} | {wording} | {item['score']:.2f} | {generated} | {head} | {rationale} |")
+    if figure:
+        lines += ["", f"![Per-item scores: generated text, regression head, flags]({figure})"]
+    if unparsed:
+        lines += ["", "## Unparsed output", "",
+                  "These generations broke the required format (`Evaluation Reason: ...` then `Score: n`): the text "
+                  "below is the raw output, not a rationale, and any score in it is not used.", ""]  # fmt: skip
+        for item in unparsed:
+            lines += [f"### Item {item['item_index']}: {item.get('item_wording') or item['item_name']}", ""]
+            lines += [*_fenced(item.get("raw_output") or ""), ""]
     lines += ["", "Generated from a licensed or private interview: keep this report local."]
     return "\n".join(lines) + "\n"
+
+
+def provenance(loaded, model_args: ModelLoadArguments, generation: GenerationArguments) -> dict[str, Any]:
+    """What ``prediction.json`` records of how it was made: the model (path, kind, fingerprint,
+    dtype, device), every generation setting, the package versions and the date."""
+    return {
+        "model": {**loaded.record(), "dtype": model_args.dtype, "device": str(model_args.device)},
+        "generation": asdict(generation),
+        "packages": package_versions(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,23 +226,26 @@ def main(argv: list[str] | None = None) -> int:
     check_rows(rows, processor, mode)
     use_head = head_is_trained(model)
     items = []
-    batch_size = max(1, generation.batch_size)
-    for start in range(0, len(rows), batch_size):
-        try:
-            records, _ = generate_items(model, processor, rows[start : start + batch_size], mode, generation, use_head)
-        except ValueError as error:  # broken features (NaN, wrong width), named by the reader or the processor
-            raise SystemExit(f"error: {error}") from None
-        items += [
-            {k: r[k] for k in ("item_index", "item_name", "score", "parsed_score", "head_score", "fell_back", "rationale", "generated_text")}
-            for r in records
-        ]
-    report = build_report(items, args.cutoff, processor.questionnaire, missing, participant)
+    try:
+        for records, _ in generate_batches(model, processor, rows, mode, generation, use_head):
+            items += [
+                {"item_index": r["item_index"], "item_name": r["item_name"],
+                 "item_wording": item_wording(processor, r["item_index"]),
+                 **{k: r[k] for k in ("score", "parsed_score", "head_score", "fell_back")},
+                 "rationale": None if r["parsed_score"] is None else r["rationale"], "raw_output": r["generated_text"]}
+                for r in records
+            ]  # fmt: skip
+    except ValueError as error:  # broken features (NaN, wrong width), named by the reader or the processor
+        raise SystemExit(f"error: {error}") from None
+    report = {**build_report(items, args.cutoff, processor.questionnaire, missing, participant),
+              **provenance(loaded, model_args, generation)}  # fmt: skip
     output_dir = Path(args.output_dir)
-    markdown = to_markdown(report)
+    figure = write_item_figure(items, output_dir / FIGURE, (processor.score_min, processor.score_max))
+    markdown = to_markdown(report, figure)
     write_text_atomic(output_dir / "prediction.json", json.dumps(report, indent=2, ensure_ascii=False))
     write_text_atomic(output_dir / "prediction.md", markdown)
     print(markdown)
-    print(f"written: {output_dir / 'prediction.json'}, {output_dir / 'prediction.md'}")
+    print(f"written: {output_dir / 'prediction.json'}, {output_dir / 'prediction.md'}, {output_dir / figure}")
     return 0
 
 

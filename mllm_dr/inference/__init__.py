@@ -1,6 +1,6 @@
 """Inference: loading a model (:func:`load_model`) and the one generate-parse-score loop
-(:func:`generate_items`, batched by :func:`generate_batches`, with the per-item sampler and shared-prefix prefill) that evaluation and
-prediction share. Never imports :mod:`mllm_dr.training`."""
+(:func:`generate_items`, batched by :func:`generate_batches`, with the per-item sampler and
+shared-prefix prefill) that evaluation and prediction share. Never imports :mod:`mllm_dr.training`."""
 
 from .generation import (
     SCORE_SOURCES,

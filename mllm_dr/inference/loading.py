@@ -49,6 +49,10 @@ class LoadedModel:
     processor: MllmDrProcessor
     description: dict[str, Any]
 
+    def record(self) -> dict[str, Any]:
+        """What an output records of the model: its description (kind, path) and :func:`model_fingerprint`."""
+        return {**self.description, "fingerprint": model_fingerprint(self.description["path"])}
+
 
 def resolve_checkpoint(path: str | Path) -> Path:
     """A training output's ``merged/`` folder, or ``path`` itself."""
