@@ -19,7 +19,7 @@ from mllm_dr.checkpoints import load_adapter_export
 from mllm_dr.commands import evaluate as ev
 from mllm_dr.commands import predict, train
 from mllm_dr.data import read_features
-from mllm_dr.inference import generate_with_shared_prefix, generation, shares_prefix
+from mllm_dr.inference import generate_with_shared_prefix, generation, model_fingerprint, shares_prefix
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,6 +79,9 @@ def test_end_to_end_files_and_independent_recomputation(setup, tmp_path):
     assert metrics["throughput"]["items_per_second"] > 0
     report = (out / "report.md").read_text()
     assert "not a diagnostic device" in report and "![totals_scatter.png]" in report
+    manifest = json.loads((out / "manifest.json").read_text())  # what --aggregate compares between runs
+    assert manifest["questionnaire"] == "phq8" and manifest["model"]["kind"] == "checkpoint"
+    assert manifest["model"]["fingerprint"] == model_fingerprint(root / "s2" / "merged")
 
 
 def test_resume_after_interruption_equals_uninterrupted(setup, tmp_path, monkeypatch):
