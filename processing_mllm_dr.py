@@ -50,27 +50,43 @@ MODALITIES = ("audio", "video")
 
 @dataclass(frozen=True)
 class PhqItem:
-    """One PHQ item: its 1-based number, the E-DAIC short name and the aspect the prompt asks about."""
+    """One PHQ item: its 1-based number, the E-DAIC short name, the aspect the prompt asks about
+    (paper Table 1's phrasing, third person) and the questionnaire's own wording (for reports)."""
 
     index: int
     name: str
     aspect: str
+    wording: str = ""
 
 
 PHQ9_ITEMS: tuple[PhqItem, ...] = (
-    PhqItem(1, "NoInterest", "interest or pleasure in doing things"),
-    PhqItem(2, "Depressed", "feeling down, depressed, or hopeless"),
-    PhqItem(3, "Sleep", "trouble falling or staying asleep, or sleeping too much"),
-    PhqItem(4, "Tired", "feeling tired or having little energy"),
-    PhqItem(5, "Appetite", "poor appetite or overeating"),
-    PhqItem(6, "Failure", "feeling bad about themselves, or that they are a failure or have let their family down"),
-    PhqItem(7, "Concentrating", "trouble concentrating on things, such as reading or watching television"),
+    PhqItem(1, "NoInterest", "interest or pleasure in doing things", "Little interest or pleasure in doing things"),
+    PhqItem(2, "Depressed", "feeling down, depressed, or hopeless", "Feeling down, depressed, or hopeless"),
+    PhqItem(
+        3, "Sleep", "trouble falling or staying asleep, or sleeping too much",
+        "Trouble falling or staying asleep, or sleeping too much",
+    ),  # fmt: skip
+    PhqItem(4, "Tired", "feeling tired or having little energy", "Feeling tired or having little energy"),
+    PhqItem(5, "Appetite", "poor appetite or overeating", "Poor appetite or overeating"),
+    PhqItem(
+        6, "Failure", "feeling bad about themselves, or that they are a failure or have let their family down",
+        "Feeling bad about yourself, or that you are a failure or have let yourself or your family down",
+    ),  # fmt: skip
+    PhqItem(
+        7, "Concentrating", "trouble concentrating on things, such as reading or watching television",
+        "Trouble concentrating on things, such as reading the newspaper or watching television",
+    ),  # fmt: skip
     PhqItem(
         8,
         "Moving",
         "moving or speaking so slowly that other people could have noticed, or being fidgety or restless",
+        "Moving or speaking so slowly that other people could have noticed, or the opposite: being so fidgety or "
+        "restless that you have been moving around a lot more than usual",
     ),
-    PhqItem(9, "SelfHarm", "thoughts that they would be better off dead, or of hurting themselves"),
+    PhqItem(
+        9, "SelfHarm", "thoughts that they would be better off dead, or of hurting themselves",
+        "Thoughts that you would be better off dead, or of hurting yourself in some way",
+    ),  # fmt: skip
 )
 PHQ8_ITEMS: tuple[PhqItem, ...] = PHQ9_ITEMS[:8]
 QUESTIONNAIRES: dict[str, tuple[PhqItem, ...]] = {"phq8": PHQ8_ITEMS, "phq9": PHQ9_ITEMS}

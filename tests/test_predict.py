@@ -79,7 +79,8 @@ def test_items_carry_the_phq_wording(checkpoint, interview, tmp_path, scripted_a
     report = run_predict(checkpoint, interview, tmp_path / "report")
     wording = {item["item_index"]: item["item_wording"] for item in report["items"]}
     assert wording[3] == "Trouble falling or staying asleep, or sleeping too much"
-    assert wording == {item.index: item.aspect[0].upper() + item.aspect[1:] for item in PHQ8_ITEMS}
+    assert wording[1] == "Little interest or pleasure in doing things"  # the questionnaire's text, not the prompt's
+    assert wording == {item.index: item.wording for item in PHQ8_ITEMS} and all(wording.values())
     assert [item["item_name"] for item in report["items"]] == [item.name for item in PHQ8_ITEMS]  # E-DAIC names kept
     markdown = (tmp_path / "report" / "prediction.md").read_text()
     row = next(line for line in markdown.splitlines() if line.startswith("| 3 |"))

@@ -77,9 +77,8 @@ def parse_args(argv: list[str] | None = None):
 
 
 def item_wording(processor, index: int) -> str:
-    """The PHQ wording of item ``index`` (the aspect the prompt asks about), as a sentence start."""
-    aspect = processor.item(index).aspect
-    return aspect[:1].upper() + aspect[1:]
+    """The questionnaire's own wording of item ``index`` (PHQ-8 / PHQ-9)."""
+    return processor.item(index).wording
 
 
 def item_flags(item: dict[str, Any], questionnaire: str) -> dict[str, str]:

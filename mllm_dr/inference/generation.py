@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from transformers import LogitsProcessor
 
+from modeling_mllm_dr import PAPER_SAMPLING
 from processing_mllm_dr import MllmDrProcessor
 
 from ..data import MllmDrCollator, feature_key
@@ -26,9 +27,9 @@ class GenerationArguments:
     temperature 0.8, top-k 10, up to 200 new tokens)."""
 
     greedy: bool = field(default=False, metadata={"help": "Deterministic greedy decoding instead of sampling."})
-    temperature: float = field(default=0.8, metadata={"help": "Sampling temperature."})
-    top_k: int = field(default=10, metadata={"help": "Sample among the k most likely tokens (0: all)."})
-    max_new_tokens: int = field(default=200, metadata={"help": "Longest answer, in tokens."})
+    temperature: float = field(default=PAPER_SAMPLING["temperature"], metadata={"help": "Sampling temperature."})
+    top_k: int = field(default=PAPER_SAMPLING["top_k"], metadata={"help": "Sample among the k most likely tokens (0: all)."})
+    max_new_tokens: int = field(default=PAPER_SAMPLING["max_new_tokens"], metadata={"help": "Longest answer, in tokens."})
     seed: int = field(default=0, metadata={"help": "Seed; each item samples from its own (seed, participant, item) stream."})
     batch_size: int = field(default=8, metadata={"help": "Items generated together."})
     prefix_reuse: bool = field(
