@@ -28,3 +28,14 @@ def smollm2_dir() -> Path:
     from mllm_dr.backbones import default_backbone_dir, prepare_backbone
 
     return prepare_backbone(default_backbone_dir())
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory, backbone_dir) -> Path:
+    """A saved tiny MLlm-DR checkpoint whose head counts as trained (evaluation and prediction tests)."""
+    model, processor = build_tiny(backbone_dir, max_transcript_tokens=32)
+    model.config.score_head_trained = True
+    folder = tmp_path_factory.mktemp("faults") / "checkpoint"
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder

@@ -12,8 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from sklearn.metrics import f1_score, mean_absolute_error, mean_squared_error
-from test_training import common_args
-from training_fixtures import make_prepared_corpus
+from training_fixtures import common_args, make_prepared_corpus
 
 from mllm_dr.checkpoints import load_adapter_export
 from mllm_dr.commands import evaluate as ev

@@ -32,16 +32,6 @@ TEST_SPLIT = {"train": 3, "dev": 1, "test": 4}
 
 
 @pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory, backbone_dir) -> Path:
-    model, processor = build_tiny(backbone_dir, max_transcript_tokens=32)
-    model.config.score_head_trained = True
-    folder = tmp_path_factory.mktemp("faults") / "checkpoint"
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
 def corpus(tmp_path_factory) -> Path:
     return make_prepared_corpus(tmp_path_factory.mktemp("faults_corpus"), TEST_SPLIT, items=(1, 2))
 

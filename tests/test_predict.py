@@ -14,7 +14,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_inference_faults import checkpoint  # noqa: F401  (the tiny checkpoint fixture)
 
 from mllm_dr import evaluation
 from mllm_dr.commands import predict
