@@ -116,6 +116,12 @@ def _recipe(run: Mapping[str, Any]) -> list[str]:
         ]
     elif training.get("alignment_probe_weight"):
         lines.append(f"| alignment probe (not in the paper) | weight {_fmt(training.get('alignment_probe_weight'))} |")
+    selection = run.get("selection") or {}
+    if selection.get("metric"):
+        lines.append(f"| exported weights | the best dev `{selection['metric']}` ({_fmt(selection.get('best_metric'))}, "
+                     f"step {selection.get('best_step')}) |")  # fmt: skip
+    elif selection:
+        lines.append(f"| exported weights | the last step ({selection.get('reason')}) |")
     transcripts = data.get("transcripts") or {}
     lines += [
         f"| modalities | audio {'on' if model.get('use_audio') else 'off'}, video {'on' if model.get('use_video') else 'off'} |",

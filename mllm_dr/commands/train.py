@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> int:
         processor, mode, with_rationale=with_rationale, embedding_cache=embedding_cache, item_scores=item_scores
     )
 
+    head_trained = args.stage == 2 and args.joint_loss and args.score_loss_weight > 0
+    selection = args.configure_selection(bool(len(dev_rows)), head_trained)
     trainer = MllmDrTrainer(
         model=model,
         args=args,
@@ -259,6 +261,13 @@ def main(argv: list[str] | None = None) -> int:
     result = trainer.train(resume_from_checkpoint=resume)
     metrics = dict(result.metrics)
     manifest["global_step"] = trainer.state.global_step
+    if selection["metric"] is not None:  # the weights exported below are the best checkpoint's
+        best = trainer.state.best_model_checkpoint
+        selection.update(
+            best_metric=trainer.state.best_metric,
+            best_step=int(Path(best).name.rsplit("-", 1)[-1]) if best else None,
+        )
+    manifest["selection"] = selection
     manifest["log_history"] = trainer.state.log_history
     out = Path(args.output_dir)
 
@@ -284,8 +293,10 @@ def main(argv: list[str] | None = None) -> int:
         write_card_and_manifest(metrics)
     evaluated = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
     if len(dev_rows) and args.final_dev_eval:
-        if evaluated and evaluated[-1].get("step") == trainer.state.global_step:
-            metrics.update(evaluated[-1])
+        exported_step = selection.get("best_step") or trainer.state.global_step
+        scored = [entry for entry in evaluated if entry.get("step") == exported_step]
+        if scored:  # the dev scores of the exported weights (the best checkpoint's, or the last step's)
+            metrics.update(scored[-1])
         else:
             try:
                 metrics.update(trainer.evaluate())

@@ -90,6 +90,13 @@ class MllmDrTrainingArguments(TrainingArguments):
     alignment_probe_learning_rate: float = field(
         default=1e-2, metadata={"help": "Learning rate of the stage-1 alignment probe."}
     )
+    select_on: str = field(
+        default="auto",
+        metadata={"help": "Which dev evaluation's weights are exported: auto (the MAA head's dev MSE, score_loss, "
+                  "when stage 2 trains the head; else the answer cross-entropy, lm_loss), score_loss, lm_loss, "
+                  "loss (the weighted sum), or last (the last step; also used when there is no dev evaluation).",
+                  "choices": ["auto", "score_loss", "lm_loss", "loss", "last"]},
+    )
     final_dev_eval: bool = field(
         default=True,
         metadata={"help": "Score the dev split once after training (--no_final_dev_eval skips it, e.g. for short demo runs)."},
@@ -119,6 +126,29 @@ class MllmDrTrainingArguments(TrainingArguments):
         if not self.use_cpu and int(os.environ.get("WORLD_SIZE", "1")) > 1 and not torch.accelerator.is_available():
             self.use_cpu = True
         super().__post_init__()
+
+    def configure_selection(self, has_dev: bool, head_trained: bool) -> dict[str, object]:
+        """Sets the Trainer's best-checkpoint selection from ``--select_on`` (lower is better for every
+        choice) and returns what the manifest records about it."""
+        metric = self.select_on
+        if metric == "auto":
+            metric = "score_loss" if head_trained else "lm_loss"
+        if metric == "score_loss" and not head_trained:
+            raise SystemExit("--select_on score_loss: this run trains no score head (stage 1, or --no_joint_loss)")
+        if metric == "last" or not has_dev or self.eval_strategy == "no":
+            reason = "asked" if metric == "last" else "no dev split" if not has_dev else "--eval_strategy no"
+            self.load_best_model_at_end = False
+            return {"metric": None, "exported": "last step", "reason": reason}
+        if self.save_strategy != self.eval_strategy or (
+            self.eval_strategy == "steps" and (self.save_steps or 0) % (self.eval_steps or self.logging_steps or 1)
+        ):
+            raise SystemExit(
+                f"--select_on {self.select_on}: checkpoints must be saved where the dev split is scored "
+                f"(--save_strategy {self.save_strategy} vs --eval_strategy {self.eval_strategy}); align them, or "
+                "pass --select_on last"
+            )
+        self.load_best_model_at_end, self.metric_for_best_model, self.greater_is_better = True, metric, False
+        return {"metric": f"eval_{metric}", "exported": "best dev evaluation"}
 
     def group_learning_rates(self) -> dict[str, float]:
         """Learning rate per parameter group (``mllm_dr.training.parameter_group``)."""
