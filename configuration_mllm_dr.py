@@ -238,6 +238,21 @@ class MllmDrConfig(PreTrainedConfig):
         return cls(text_config=text_config, **overrides)
 
 
+# Tokens a prompt needs beside the transcript: the system prompt and item instruction (~250), the
+# 2 x 32 placeholders of the paper's geometry and the 200-token answer, with a margin.
+PROMPT_RESERVE_TOKENS = 768
+DEMO_TRANSCRIPT_TOKENS = 1536
+
+
+def transcript_budget(context_window: int | None, preset: str = "paper") -> int:
+    """Default transcript budget in tokens. ``paper``: the complete interview as far as the backbone's
+    context window allows (the window less :data:`PROMPT_RESERVE_TOKENS`: 7,424 for LLaMA-3-8B's
+    8,192; the authors' code kept about 2,800); ``demo``: 1,536, for 2-core CPUs."""
+    if preset == "demo" or not context_window:
+        return DEMO_TRANSCRIPT_TOKENS
+    return max(256, int(context_window) - PROMPT_RESERVE_TOKENS)
+
+
 MllmDrConfig.register_for_auto_class()
 
 __all__ = [
@@ -247,4 +262,5 @@ __all__ = [
     "AUDIO_PLACEHOLDER",
     "VIDEO_PLACEHOLDER",
     "frame_policy_settings",
+    "transcript_budget",
 ]

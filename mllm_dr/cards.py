@@ -126,7 +126,8 @@ def _recipe(run: Mapping[str, Any]) -> list[str]:
     lines += [
         f"| modalities | audio {'on' if model.get('use_audio') else 'off'}, video {'on' if model.get('use_video') else 'off'} |",
         f"| transcript budget | {data.get('max_transcript_tokens')} tokens; {transcripts.get('truncated', '-')} of "
-        f"{transcripts.get('participants', '-')} training participants' transcripts were cut |",
+        f"{transcripts.get('participants', '-')} training participants' transcripts were cut (by at most "
+        f"{transcripts.get('max_cut_tokens', '-')} tokens) |",
         f"| seed | {run.get('seed')} |",
     ]
     return ["| setting | value |", "|---|---|", *lines]

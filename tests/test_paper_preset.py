@@ -102,3 +102,45 @@ def test_lora_on_q_and_v_only_matches_formula(paper_model, capsys):
     # the regex cannot reach the LQ-formers' own q_proj/v_proj
     assert all(name.count("language_model") == 1 and "lqformer" not in name for name in trainable)
     assert len(trainable) == 4 * config.text_config.num_hidden_layers
+
+
+# Section 4.2 (and, where it is silent, the authors' code): what `--preset paper` resolves to with no
+# other flag. Independent of PAPER_RECIPE on purpose: a change there must show up here.
+PAPER_TRAINING = {
+    "num_train_epochs": 10.0, "lora_learning_rate": 1e-5, "projector_learning_rate": 5e-4,
+    "lqformer_learning_rate": 1e-4, "head_learning_rate": 1e-4, "max_grad_norm": 1.0,
+}  # fmt: skip
+PAPER_LORA = {"lora_r": 16, "lora_alpha": 32, "lora_dropout": 0.1}
+
+
+def test_preset_paper_resolves_to_section_4_2(tmp_path):
+    from mllm_dr.commands import train
+    from mllm_dr.inference import GenerationArguments
+
+    model_args, _, _, data_args, args, _ = train.parse_args(
+        ["--stage", "2", "--data_dir", "d", "--output_dir", str(tmp_path), "--use_cpu", "true"]
+    )
+    assert {k: getattr(args, k) for k in PAPER_TRAINING} == PAPER_TRAINING
+    assert {k: getattr(model_args, k) for k in PAPER_LORA} == PAPER_LORA
+    assert "q_proj|v_proj" in model_args.lora_target_modules and model_args.preset == "paper"
+    assert data_args.max_transcript_tokens is None  # resolved from the backbone's context window
+    sampling = GenerationArguments()
+    assert (sampling.greedy, sampling.temperature, sampling.top_k, sampling.max_new_tokens) == (False, 0.8, 10, 200)
+
+    # every value stays overridable, and --preset demo sets none of them
+    model_args, _, _, _, args, _ = train.parse_args(
+        ["--stage", "2", "--data_dir", "d", "--output_dir", str(tmp_path), "--use_cpu", "true",
+         "--num_train_epochs", "2", "--lora_r", "8", "--lora_learning_rate=3e-4"]
+    )  # fmt: skip
+    assert (args.num_train_epochs, model_args.lora_r, args.lora_learning_rate) == (2.0, 8, 3e-4)
+    assert args.head_learning_rate == 1e-4
+    _, _, _, _, demo, _ = train.parse_args(["--preset", "demo", "--data_dir", "d", "--output_dir", str(tmp_path)])
+    assert demo.num_train_epochs == 3.0  # TrainingArguments' own default: the demo passes its recipe as flags
+
+
+def test_transcript_budget_follows_the_context_window():
+    from configuration_mllm_dr import transcript_budget
+
+    assert transcript_budget(8192, "paper") == 7424  # LLaMA-3-8B: the complete E-DAIC interview fits
+    assert transcript_budget(8192, "demo") == 1536
+    assert transcript_budget(None, "paper") == 1536

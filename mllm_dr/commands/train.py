@@ -15,6 +15,7 @@ default) through ``mllm_dr.hub``, as ``mllm-dr-push`` does for an existing run.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import shutil
 import sys
@@ -42,6 +43,7 @@ from ..training import (
     precompute_modality_embeddings,
     truncation_summary,
 )
+from ..training.arguments import apply_preset_recipe, explicit_flags
 from ..training.resume import check_checkpoint, check_data, resolve_checkpoint
 
 logger = logging.getLogger("mllm_dr.train")
@@ -63,8 +65,13 @@ def parse_args(
     parser = build_parser()
     arguments = sys.argv[1:] if argv is None else argv
     if len(arguments) == 1 and arguments[0].endswith(".json"):
-        return parser.parse_json_file(arguments[0])
-    return parser.parse_args_into_dataclasses(args=arguments)
+        groups = parser.parse_json_file(arguments[0])
+        given = set(json.loads(Path(arguments[0]).read_text()))
+    else:
+        groups = parser.parse_args_into_dataclasses(args=arguments)
+        given = explicit_flags(arguments)
+    apply_preset_recipe(groups[0], groups[4], given)  # --preset paper: section 4.2's recipe where not given
+    return groups
 
 
 def validate(

@@ -12,6 +12,22 @@ from transformers import TrainingArguments
 from ..checkpoints import DEFAULT_LORA_TARGET
 
 PRESETS = ("paper", "demo")
+# What --preset paper sets besides the model sizes (configuration_mllm_dr.MllmDrConfig.paper_preset),
+# each overridable by passing the flag: section 4.2 of the paper and, where the paper is silent, the
+# authors' code (prior art: per-group learning rates, gradient clipping at 1.0). The paper does not
+# state the batch size; the sampling settings are evaluation's (GenerationArguments).
+PAPER_RECIPE = {
+    "num_train_epochs": 10.0,         # "trained for 10 epochs"
+    "lora_learning_rate": 1e-5,       # "the learning rate is set to 0.00001"
+    "projector_learning_rate": 5e-4,  # authors' code
+    "lqformer_learning_rate": 1e-4,   # authors' code
+    "head_learning_rate": 1e-4,       # authors' code
+    "max_grad_norm": 1.0,             # authors' code
+    "lora_r": 16,                     # "r = 16"
+    "lora_alpha": 32,                 # "alpha = 32"
+    "lora_dropout": 0.1,              # "dropout = 0.1"
+    "lora_target_modules": DEFAULT_LORA_TARGET,  # "the query and value projection matrices"
+}
 
 
 @dataclass
@@ -26,7 +42,10 @@ class ModelArguments:
         default=False, metadata={"help": "Stage 2 on freshly initialised LQ-formers (normally an error)."}
     )
     preset: str = field(
-        default="paper", metadata={"help": "LQ-former and head sizes: paper | demo.", "choices": list(PRESETS)}
+        default="paper",
+        metadata={"help": "paper: the section 4.2 sizes and recipe (10 epochs, the per-group learning rates, LoRA "
+                  "r 16 / alpha 32 / dropout 0.1 on q/v, clipping 1.0; each flag you pass wins) | demo: small "
+                  "LQ-formers and head only.", "choices": list(PRESETS)},
     )
     model_overrides: str | None = field(
         default=None,
@@ -50,8 +69,11 @@ class TrainDataArguments:
     rationales: str | None = field(
         default=None, metadata={"help": "rationales.jsonl (stage-2 targets; written by mllm-dr-distill)."}
     )
-    max_transcript_tokens: int = field(
-        default=1536, metadata={"help": "Transcript budget in tokens (only the transcript is ever truncated)."}
+    max_transcript_tokens: int | None = field(
+        default=None,
+        metadata={"help": "Transcript budget in tokens (only the transcript is ever truncated). Default: with "
+                  "--preset paper the complete interview as far as the backbone's context window allows (the "
+                  "window less 768 tokens of prompt and answer); with --preset demo 1536."},
     )
     max_train_samples: int | None = field(default=None, metadata={"help": "Train on at most this many rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Evaluate on at most this many dev rows."})
@@ -159,3 +181,28 @@ class MllmDrTrainingArguments(TrainingArguments):
             "head": self.head_learning_rate,
             "probe": self.alignment_probe_learning_rate,
         }
+
+
+def explicit_flags(argv: list[str]) -> set[str]:
+    """Field names given on a command line (``--name value``, ``--name=value``, ``--no_name``)."""
+    names = set()
+    for token in argv:
+        if token.startswith("--"):
+            name = token[2:].split("=", 1)[0].replace("-", "_")
+            names |= {name, name[3:]} if name.startswith("no_") else {name}
+    return names
+
+
+def apply_preset_recipe(model_args: ModelArguments, args: MllmDrTrainingArguments, given: set[str]) -> dict[str, object]:
+    """Sets :data:`PAPER_RECIPE` on the parsed arguments for ``--preset paper``, except the fields in
+    ``given`` (what the user passed); returns the values it set."""
+    if model_args.preset != "paper":
+        return {}
+    applied = {}
+    for name, value in PAPER_RECIPE.items():
+        if name in given:
+            continue
+        target = model_args if hasattr(model_args, name) and not hasattr(args, name) else args
+        setattr(target, name, value)
+        applied[name] = value
+    return applied
