@@ -69,6 +69,35 @@ def test_per_item_sampler_follows_the_top_k_distribution():
     assert torch.allclose(frequencies, expected, atol=0.025), (frequencies, expected)
 
 
+def test_per_item_sampler_follows_the_nucleus_within_the_top_k():
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0, -3.0]])
+    temperature, top_k, top_p, draws = 0.8, 4, 0.9, 4000
+    probabilities = (logits[0] / temperature).topk(top_k).values.softmax(-1)  # 0.66, 0.19, 0.10, 0.05
+    keep = int(((probabilities.cumsum(-1) - probabilities) < top_p).sum())  # the smallest prefix reaching 0.9
+    assert keep == 3
+    expected = torch.zeros(6)
+    expected[:keep] = probabilities[:keep] / probabilities[:keep].sum()
+    counts = torch.zeros(6)
+    for seed in range(draws):
+        sampler = PerItemSampler([seed], temperature, top_k, max_steps=1, top_p=top_p)
+        counts += (sampler(torch.zeros((1, 3), dtype=torch.long), logits.clone()) == 0).float()[0]
+    assert counts[keep:].sum() == 0  # the fourth of the top-k lies outside the nucleus
+    assert torch.allclose(counts / draws, expected, atol=0.025), (counts / draws, expected)
+
+
+def test_top_p_defaults_to_the_models_generation_config(tiny):
+    from mllm_dr.inference import GenerationArguments
+
+    model, _ = tiny
+    assert GenerationArguments().for_model(model).top_p == 1.0  # the tiny backbone sets none
+    model.generation_config.top_p = 0.9  # what LLaMA-3-Instruct's generation_config.json carries
+    resolved = GenerationArguments().for_model(model)
+    assert resolved.top_p == 0.9 and "top_p 0.9" in resolved.describe()
+    assert GenerationArguments(top_p=0.5).for_model(model).top_p == 0.5
+    with pytest.raises(ValueError, match="top_p"):
+        GenerationArguments(top_p=0.0).for_model(model)
+
+
 def test_per_item_sampler_gives_each_item_its_own_stream_whatever_the_batch():
     rng = np.random.default_rng(0)
     steps, vocab = 12, 50

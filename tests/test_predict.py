@@ -63,7 +63,7 @@ def test_prediction_records_the_model_its_settings_versions_and_date(checkpoint,
     assert report["model"]["path"] == str(checkpoint) and report["model"]["kind"] == "checkpoint"
     assert report["model"]["fingerprint"] == model_fingerprint(checkpoint)
     assert report["model"]["dtype"] == "float32" and report["model"]["device"] == "cpu"
-    expected = asdict(GenerationArguments(temperature=0.5, seed=3, batch_size=3, max_new_tokens=4))
+    expected = asdict(GenerationArguments(temperature=0.5, seed=3, batch_size=3, max_new_tokens=4, top_p=1.0))  # resolved
     assert report["generation"] == expected
     assert report["cutoff"] == 8 and report["screen_positive"] == (report["total"] >= 8)
     assert {"python", "torch", "transformers", "mllm-dr"} <= set(report["packages"])

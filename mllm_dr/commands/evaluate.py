@@ -171,6 +171,10 @@ def main(argv: list[str] | None = None) -> int:
             trust_remote_code=model_args.trust_remote_code,
         )  # fmt: skip
         model, processor, description = loaded.model, loaded.processor, loaded.record()
+        try:
+            generation = generation.for_model(model)  # top_p from the model's generation config unless given
+        except ValueError as error:
+            raise SystemExit(str(error)) from None
         questionnaire = processor.questionnaire
         if generation.score_source == "head" and not head_is_trained(model, args.zero_shot):
             raise SystemExit(

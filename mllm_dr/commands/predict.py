@@ -212,6 +212,10 @@ def main(argv: list[str] | None = None) -> int:
         model_args.model, dtype=model_args.dtype, device=model_args.device, trust_remote_code=model_args.trust_remote_code
     )
     model, processor = loaded.model, loaded.processor
+    try:
+        generation = generation.for_model(model)  # top_p from the model's generation config unless given
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     mode = prompt_mode(2, bool(model.config.use_audio), bool(model.config.use_video))
     inputs = processor.inputs_for(mode)
     participant = args.participant_id or transcript_path.name.split("_")[0]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
+import dataclasses
 from dataclasses import dataclass, field, fields
 from typing import Any
 
@@ -29,6 +30,12 @@ class GenerationArguments:
     greedy: bool = field(default=False, metadata={"help": "Deterministic greedy decoding instead of sampling."})
     temperature: float = field(default=PAPER_SAMPLING["temperature"], metadata={"help": "Sampling temperature."})
     top_k: int = field(default=PAPER_SAMPLING["top_k"], metadata={"help": "Sample among the k most likely tokens (0: all)."})
+    top_p: float | None = field(
+        default=None,
+        metadata={"help": "Nucleus sampling: keep the most likely of the top-k tokens up to this total probability "
+                  "(1.0: off). Default: the model's generation_config.top_p, i.e. the backbone's (0.9 for "
+                  "LLaMA-3-Instruct, which the authors' generate inherited; 1.0 where the backbone sets none)."},
+    )
     max_new_tokens: int = field(default=PAPER_SAMPLING["max_new_tokens"], metadata={"help": "Longest answer, in tokens."})
     seed: int = field(default=0, metadata={"help": "Seed; each item samples from its own (seed, participant, item) stream."})
     batch_size: int = field(default=8, metadata={"help": "Items generated together."})
@@ -53,7 +60,17 @@ class GenerationArguments:
     def describe(self) -> str:
         if self.greedy:
             return "greedy"
-        return f"sampling, temperature {self.temperature}, top_k {self.top_k}, a seed per item"
+        nucleus = "" if self.top_p is None or self.top_p >= 1.0 else f", top_p {self.top_p}"
+        return f"sampling, temperature {self.temperature}, top_k {self.top_k}{nucleus}, a seed per item"
+
+    def for_model(self, model: Any) -> GenerationArguments:
+        """These settings with ``top_p`` taken from the model's generation config when not given."""
+        if self.top_p is not None:
+            if not 0.0 < self.top_p <= 1.0:
+                raise ValueError(f"--top_p must be in (0, 1], got {self.top_p}")
+            return self
+        top_p = getattr(getattr(model, "generation_config", None), "top_p", None)
+        return dataclasses.replace(self, top_p=float(top_p) if top_p else 1.0)
 
 
 # ----------------------------------------------------------------------------- sampling with a seed per item
@@ -63,8 +80,8 @@ def item_seed(seed: int, participant_id: str, item_index: int) -> int:
 
 
 class PerItemSampler(LogitsProcessor):
-    """Samples each row from its own random stream (temperature, top-k) and turns the row into a
-    one-hot, so greedy decoding then emits the sampled token.
+    """Samples each row from its own random stream (temperature, top-k, then top-p among those) and
+    turns the row into a one-hot, so greedy decoding then emits the sampled token.
 
     Sampling is the Gumbel-max trick over the top-k logits: the uniforms come from a
     ``torch.Generator`` per row, drawn for all steps before decoding and moved to the device once,
@@ -72,10 +89,11 @@ class PerItemSampler(LogitsProcessor):
     resumed run, or a different batch composition, gives the same text.
     """
 
-    def __init__(self, seeds: Sequence[int], temperature: float, top_k: int, max_steps: int = 200):
+    def __init__(self, seeds: Sequence[int], temperature: float, top_k: int, max_steps: int = 200, top_p: float = 1.0):
         self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
         self.temperature = temperature
         self.top_k = top_k
+        self.top_p = float(top_p)
         self.max_steps = max(1, int(max_steps))
         self._uniforms: torch.Tensor | None = None
         self._start: int | None = None
@@ -101,7 +119,11 @@ class PerItemSampler(LogitsProcessor):
                 fresh = self._draw(self.max_steps, width).to(scores.device)
                 self._uniforms = fresh if self._uniforms is None else torch.cat([self._uniforms, fresh], dim=1)
             uniforms = self._uniforms[:, step]
-        values, indices = logits.topk(width, dim=-1)
+        values, indices = logits.topk(width, dim=-1)  # sorted, most likely first
+        if self.top_p < 1.0:  # the smallest prefix whose probability reaches top_p (the first token always stays)
+            probabilities = values.softmax(dim=-1)
+            outside = probabilities.cumsum(dim=-1) - probabilities >= self.top_p
+            values = values.masked_fill(outside, float("-inf"))
         gumbel = -torch.log(-torch.log(uniforms))
         chosen = indices.gather(1, (values + gumbel).argmax(dim=-1, keepdim=True))
         return torch.full_like(scores, float("-inf")).scatter(1, chosen, 0.0)
@@ -200,7 +222,9 @@ def generate_items(
     kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": False}
     if not settings.greedy:
         seeds = [item_seed(settings.seed, str(r["participant_id"]), int(r["item_index"])) for r in rows]
-        kwargs["logits_processor"] = [PerItemSampler(seeds, settings.temperature, settings.top_k, settings.max_new_tokens)]
+        kwargs["logits_processor"] = [
+            PerItemSampler(seeds, settings.temperature, settings.top_k, settings.max_new_tokens, settings.top_p or 1.0)
+        ]
     tokenizer = processor.tokenizer
     kwargs["pad_token_id"] = tokenizer.pad_token_id
     kwargs["eos_token_id"] = tokenizer.eos_token_id
