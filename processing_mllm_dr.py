@@ -195,6 +195,23 @@ def parse_output(text: str, score_min: int = 0, score_max: int = 3) -> tuple[int
     return score, rationale
 
 
+# The paper-comparable reading (its Table 6 metric I counts outputs a reader cannot score): "score",
+# any case, optional markup (**, __, #) and a colon, "=" or "is", then one integer, anywhere in the
+# text; every such mention must name the same number. Used only to report a second format rate.
+_PERMISSIVE_SCORE = re.compile(r"(?i)\bscore\b[\s*_#]*(?::|=|\bis\b)?[\s*_#]*([0-9]+)\b")
+
+
+def parse_score_permissive(text: str, score_min: int = 0, score_max: int = 3) -> int | None:
+    """The score a lenient reader finds (``Score: 2`` mid-line, ``**score:** 2``, ``score is 2``), or
+    None when there is none, it is out of range, or two mentions disagree. Never chooses the score
+    that counts: that stays :func:`parse_output`'s."""
+    found = {int(value) for value in _PERMISSIVE_SCORE.findall(text)}
+    if len(found) != 1:
+        return None
+    (score,) = found
+    return score if score_min <= score <= score_max else None
+
+
 def format_target(score: int, rationale: str | None = None) -> str:
     """Stage 2: ``Evaluation Reason: <rationale>\\nScore: <s>``; stage 1: ``Score: <s>``."""
     if rationale is None:
@@ -739,6 +756,7 @@ __all__ = [
     "PhqItem",
     "PromptInputs",
     "QUESTIONNAIRES",
+    "parse_score_permissive",
     "REASON_PREFIX",
     "SCORE_PREFIX",
     "apply_frame_policy",

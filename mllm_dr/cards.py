@@ -151,7 +151,8 @@ def _evaluation_section(evaluation: Mapping[str, Any] | None, dev_metrics: Mappi
         "| metric | value |",
         "|---|---|",
         *[f"| {label} | {_fmt(metrics.get(key))} |" for key, (_, label) in INDEXED_METRICS.items()],
-        f"| format failures (rate) | {_fmt(metrics.get('format_failure_rate'))} |",
+        f"| format failures (rate) | {_fmt(metrics.get('format_failure_rate'))} strict, "
+        f"{_fmt(metrics.get('format_failure_rate_permissive'))} permissive (comparable with the paper's Table 6, I) |",
     ]
     if (data.get("participants") or 0) < 30:
         lines += ["", f"With {data.get('participants')} participants these numbers have wide intervals; see the "

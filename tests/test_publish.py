@@ -188,7 +188,7 @@ def test_an_attached_evaluation_becomes_model_index(run, tmp_path):
     values = {r.metric_type: r.metric_value for r in card.data.eval_results}
     assert values == {"ccc": 0.61, "rmse": 3.5, "mae": 2.75, "f1": 0.8}
     assert {r.dataset_split for r in card.data.eval_results} == {"test"}
-    assert "| format failures (rate) | 0.125 |" in card.text
+    assert "| format failures (rate) | 0.125 strict, - permissive" in card.text
 
 
 def test_staging_refuses_what_cannot_be_published(run, tmp_path):
