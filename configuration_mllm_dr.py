@@ -47,11 +47,15 @@ class LQFormerConfig(PreTrainedConfig):
         num_attention_heads: Heads of the self- and cross-attention (8).
         num_hidden_layers: Decoder layers (4).
         intermediate_size: Feed-forward width (paper: "hidden layer dimension of 1024").
+        hidden_act: Activation of the feed-forward blocks (``"gelu"``, as in BLIP-2's Q-Former; the
+            paper does not say; the authors' DETR-style decoder used ``"relu"``).
         dropout: Dropout of attention outputs and feed-forward blocks (0.3).
         attention_dropout: Dropout on the attention probabilities.
         use_position_encoding: Add sinusoidal position encodings to queries and to frames (DETR-style).
         normalize_features: LayerNorm over each input frame before the cross-attention keys/values
             (raw OpenFace/ResNet features differ in scale by orders of magnitude).
+        final_norm: A LayerNorm on the LQ-former's output (the authors' DETR decoder has one; off by
+            default: every post-norm layer already ends in a LayerNorm, so it would normalise twice).
         layer_norm_eps: Epsilon of every LayerNorm.
         projector_hidden_size: Hidden width of the two-layer projector to the LLM (1024).
         projector_act: Activation between the projector's two layers.
@@ -72,10 +76,12 @@ class LQFormerConfig(PreTrainedConfig):
     num_attention_heads: int = 8
     num_hidden_layers: int = 4
     intermediate_size: int = 1024
+    hidden_act: str = "gelu"
     dropout: float = 0.3
     attention_dropout: float = 0.0
     use_position_encoding: bool = True
     normalize_features: bool = True
+    final_norm: bool = False
     layer_norm_eps: float = 1e-5
     projector_hidden_size: int = 1024
     projector_act: str = "relu"

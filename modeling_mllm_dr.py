@@ -140,7 +140,7 @@ class LQFormerLayer(nn.Module):
         )
         self.feed_forward = nn.Sequential(
             nn.Linear(width, config.intermediate_size),
-            nn.GELU(),
+            ACT2FN[config.hidden_act],
             nn.Dropout(config.dropout),
             nn.Linear(config.intermediate_size, width),
         )
@@ -182,6 +182,7 @@ class LQFormer(nn.Module):
             nn.LayerNorm(config.feature_dim, eps=config.layer_norm_eps) if config.normalize_features else None
         )
         self.layers = nn.ModuleList(LQFormerLayer(config) for _ in range(config.num_hidden_layers))
+        self.final_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps) if config.final_norm else None
 
     def forward(self, features: torch.Tensor, feature_mask: torch.Tensor | None = None) -> torch.Tensor:
         """``features``: ``(batch, frames, feature_dim)``; ``feature_mask``: bool, True = real frame."""
@@ -217,7 +218,7 @@ class LQFormer(nn.Module):
         queries = self.query_tokens.expand(batch, -1, -1)
         for layer in self.layers:
             queries = layer(queries, query_pos, features, feature_keys, key_mask, has_frames)
-        return queries
+        return queries if self.final_norm is None else self.final_norm(queries)
 
 
 class MllmDrProjector(nn.Module):

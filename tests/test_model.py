@@ -294,3 +294,23 @@ def test_alignment_probe_config_is_validated(backbone_dir):
         build_tiny(backbone_dir, alignment_probe_items=-1)
     with pytest.raises(ValueError, match="keep use_audio or use_video"):
         build_tiny(backbone_dir, alignment_probe_items=8, use_audio=False, use_video=False)
+
+
+def test_lqformer_activation_and_final_norm_are_config_fields():
+    """The departures from the authors' LQ-former are settings: ReLU and a final LayerNorm give theirs."""
+    from configuration_mllm_dr import LQFormerConfig
+    from modeling_mllm_dr import LQFormer
+
+    small = dict(feature_dim=6, num_query_tokens=3, hidden_size=8, num_attention_heads=2, num_hidden_layers=2,
+                 intermediate_size=12, dropout=0.0)  # fmt: skip
+    ours = LQFormer(LQFormerConfig(**small)).eval()
+    assert ours.final_norm is None and not any("final_norm" in k for k in ours.state_dict())  # old checkpoints load
+    theirs = LQFormer(LQFormerConfig(**small, hidden_act="relu", final_norm=True)).eval()
+    theirs.load_state_dict(ours.state_dict(), strict=False)  # the same weights; the final norm is new
+    activation = theirs.layers[0].feed_forward[1]
+    assert torch.equal(activation(torch.tensor([-1.0, 2.0])), torch.tensor([0.0, 2.0]))
+    features = torch.randn(2, 5, 6)
+    with torch.no_grad():
+        out = theirs(features)
+        assert not torch.allclose(out, ours(features))
+        torch.testing.assert_close(out.mean(-1), torch.zeros(2, 3), atol=1e-5, rtol=0)  # normalised per query
