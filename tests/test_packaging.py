@@ -25,6 +25,8 @@ COMMANDS = {  # console script -> module with build_parser() and main()
     "mllm-dr-prepare-backbone": "mllm_dr.commands.prepare_backbone",
     "mllm-dr-demo": "mllm_dr.commands.demo",
     "mllm-dr-push": "mllm_dr.commands.push",
+    "mllm-dr-review": "mllm_dr.commands.review",
+    "mllm-dr-analyse-reviews": "mllm_dr.commands.analyse_reviews",
 }
 
 
