@@ -78,7 +78,7 @@ def _share(count: int, total: int) -> float | None:
 def analyse(sample: Mapping[str, Any], rating_files: Sequence[str | Path]) -> dict[str, Any]:
     """Table 6's metrics I-IV, inter-assessor agreement and the per-sample consensus, from ``sample``
     (``sample.json``) and one ratings file per assessor."""
-    import krippendorff
+    from importlib.metadata import version
 
     if not rating_files:
         raise ValueError("no ratings files: each assessor's <name>.jsonl from the review folder is needed")
@@ -128,7 +128,7 @@ def analyse(sample: Mapping[str, Any], rating_files: Sequence[str | Path]) -> di
                              "model": errors("model_score"), "scale": "item (0-3)"},  # fmt: skip
         "IV_rationale_labels": {"shares": distribution, "samples": len(labelled)},
         "inter_assessor": {
-            "method": f"Krippendorff's alpha, ordinal (krippendorff {krippendorff.__version__})",
+            "method": f"Krippendorff's alpha, ordinal (krippendorff {version('krippendorff')})",
             "rationale_rating": krippendorff_alpha([r["rationale_ratings"] for r in _by_assessor(rows)], LEVELS),
             "expert_score": krippendorff_alpha([r["expert_scores"] for r in _by_assessor(rows)], range(low, high + 1)),
         },
