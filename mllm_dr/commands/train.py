@@ -7,9 +7,11 @@
         --rationales CORPUS/rationales.jsonl --output_dir runs/s2
 
 ``python train.py`` and ``accelerate launch train.py`` take the same flags. Trains on ``train``,
-evaluates on ``dev``, never reads ``test``. ``--push_to_hub --hub_model_id OWNER/NAME
---i_may_share_weights`` publishes one export at the end (``--hub_export merged|adapter``, private by
-default) through ``mllm_dr.hub``, as ``mllm-dr-push`` does for an existing run.
+evaluates on ``dev``, never reads ``test``. A corpus without a dev split (CMDC) trains without dev
+evaluation, or with ``--dev_fraction F`` of its train participants held out as dev.
+``--push_to_hub --hub_model_id OWNER/NAME --i_may_share_weights`` publishes one export at the end
+(``--hub_export merged|adapter``, private by default) through ``mllm_dr.hub``, as ``mllm-dr-push``
+does for an existing run.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from transformers import HfArgumentParser, TrainingArguments, set_seed
+from transformers import HfArgumentParser, IntervalStrategy, TrainingArguments, set_seed
 
 from ..cards import build_card, is_hub_id
 from ..checkpoints import export_adapter, export_merged
@@ -45,6 +47,7 @@ from ..training import (
 )
 from ..training.arguments import apply_preset_recipe, explicit_flags
 from ..training.resume import check_checkpoint, check_data, resolve_checkpoint
+from ..training.stages import data_feature_widths
 
 logger = logging.getLogger("mllm_dr.train")
 
@@ -167,7 +170,8 @@ def main(argv: list[str] | None = None) -> int:
         corpus = load_splits(corpus_args, ("train", "dev"), rationales=data_args.rationales)
         with_rationale = args.stage == 2
         corpus.check_targets(with_rationale)  # every row labelled (stage 2: a rationale for that label)
-        stage = build_stage_model(model_args, args, corpus.questionnaire, data_args.max_transcript_tokens)
+        widths = data_feature_widths((corpus["train"], corpus["dev"]))  # the LQ-formers' input widths: the data's
+        stage = build_stage_model(model_args, args, corpus.questionnaire, data_args.max_transcript_tokens, widths)
         model, processor, base, mode = stage.model, stage.processor, stage.base, stage.mode
         corpus.cache_features(processor, cache_args.feature_cache_dir)
         train_rows, dev_rows = corpus["train"], corpus["dev"]
@@ -189,6 +193,15 @@ def main(argv: list[str] | None = None) -> int:
         """Train and dev rows with only ``columns`` (not the token ids)."""
         return [row for split in (train_rows, dev_rows) if len(split)
                 for row in split.select_columns([c for c in columns if c in split.column_names]).to_list()]
+
+    dev_source = corpus.dev_source if len(dev_rows) else "none"
+    if dev_source == "none":
+        without = f"{corpus.spec.title} has no dev split" if not corpus.spec.has_dev_split else "the dev split is empty"
+        logger.warning(
+            "%s: training without dev evaluation (eval_strategy no, nothing selected on dev); pass --dev_fraction F "
+            "to hold out a fraction of the train participants as dev", without,
+        )  # fmt: skip
+        args.eval_strategy, args.do_eval = IntervalStrategy.NO, False  # --select_on then exports the last step
 
     embedding_cache = None
     modalities = [m for m in ("audio", "video") if getattr(model_args, f"use_{m}")]
@@ -252,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             "dev_fingerprint": getattr(dev_rows, "_fingerprint", None),
             "train_samples": len(train_rows),
             "dev_samples": len(dev_rows),
+            "dev_source": dev_source,  # corpus | held_out_fraction (--dev_fraction) | none (no dev evaluation)
+            "dev_held_out": corpus.dev_participants,
+            "feature_widths": {modality: found.width for modality, found in widths.items()},
             "rationales_sha256": file_fingerprint(data_args.rationales),
             "transcripts": truncation_summary(train_rows, processor.inputs_for(mode).transcript),
             "max_transcript_tokens": processor.max_transcript_tokens,

@@ -4,7 +4,8 @@
   CMDC, prepared ``save_to_disk`` folders; add one with :func:`register_corpus`) into a
   ``DatasetDict`` with one row per (participant, PHQ item) whose columns are :data:`ROW_FEATURES`;
   rows only reference feature files. Broken data is reported naming participant, file and problem
-  (``on_error="raise"`` or ``"skip"``; see :class:`LoadReport`).
+  (``on_error="raise"`` or ``"skip"``; see :class:`LoadReport`). :func:`hold_out_dev` carves a
+  participant-disjoint dev split out of train for a corpus without one (``--dev_fraction``).
 * :func:`build_feature_cache` converts each referenced feature sequence once (the model's frame
   policy applied, cast to float16) into memory-mappable ``.npy`` files; :func:`row_features` gives a
   row's frames to the model; :func:`read_features` is the one reader of ``.npy`` / ``.mat`` / OpenFace
@@ -34,7 +35,16 @@ from .rationales import (
     load_rationales,
     write_rationales,
 )
-from .registry import CORPORA, CorpusSpec, concatenate_corpora, get_corpus, load_corpus, load_prepared, register_corpus
+from .registry import (
+    CORPORA,
+    CorpusSpec,
+    concatenate_corpora,
+    get_corpus,
+    hold_out_dev,
+    load_corpus,
+    load_prepared,
+    register_corpus,
+)
 from .report import ON_ERROR, LoadReport, Problem
 from .tables import ROW_FEATURES, SPLITS
 from .transcripts import read_transcript
@@ -69,6 +79,7 @@ __all__ = [
     "feature_key",
     "feature_shape",
     "get_corpus",
+    "hold_out_dev",
     "iter_rationales",
     "load_cmdc",
     "load_corpus",

@@ -15,7 +15,7 @@ import datasets
 
 from .cache import build_feature_cache, check_feature_sequences
 from .checks import checked, modality_problems, participants_without, target_problems
-from .registry import CORPORA, CorpusSpec, get_corpus
+from .registry import CORPORA, CorpusSpec, get_corpus, hold_out_dev
 from .report import ON_ERROR, LoadReport, natural_key
 
 logger = logging.getLogger("mllm_dr.data")
@@ -55,6 +55,13 @@ class CorpusArguments:
                   "problem) | skip (leave the participant, or the item row, out; recorded in the run's outputs). "
                   "See README, 'Broken data'.", "choices": list(ON_ERROR)},
     )
+    dev_fraction: float | None = field(
+        default=None,
+        metadata={"help": "For a corpus without a dev split (CMDC): hold out this fraction of the train participants "
+                  "as dev (participant-disjoint, stratified by PHQ total >= 10, drawn with --dev_seed). Default: no "
+                  "dev split, so training runs without dev evaluation (see README, 'Using a real corpus')."},
+    )
+    dev_seed: int = field(default=0, metadata={"help": "Seed of the --dev_fraction draw (the same in every command)."})
     require_modalities: str | None = field(
         default=None,
         metadata={"help": "Comma-separated modalities (audio, video) every participant must have: a missing "
@@ -119,6 +126,8 @@ class LoadedCorpus:
     data_dir: str
     on_error: str = "raise"
     rationales: str | None = None
+    dev_source: str = "corpus"  # "corpus" (its own dev split), "held_out_fraction" (--dev_fraction) or "none"
+    dev_participants: list[str] = field(default_factory=list)  # the held-out ones (--dev_fraction)
 
     def __getitem__(self, split: str) -> datasets.Dataset:
         return self.data[split]
@@ -185,10 +194,11 @@ def load_splits(
     cache_dir: str | os.PathLike | None = None,
     progress: bool | None = None,
 ) -> LoadedCorpus:
-    """Loads ``args``' corpus, keeps ``splits`` (an absent split is an empty one: CMDC has no dev
-    set), attaches ``rationales`` and, with ``frames`` (the model's processor or config), builds the
-    feature cache (:meth:`LoadedCorpus.cache_features`): the one row-loading front end of training,
-    evaluation and distillation."""
+    """Loads ``args``' corpus, holds out ``--dev_fraction`` of train as dev (:func:`hold_out_dev`),
+    keeps ``splits`` (an absent split is an empty one: CMDC has no dev set), attaches ``rationales``
+    and, with ``frames`` (the model's processor or config), builds the feature cache
+    (:meth:`LoadedCorpus.cache_features`): the one row-loading front end of training, evaluation and
+    distillation."""
     if args.data_dir is None:
         raise ValueError("--data_dir is required")
     spec = args.spec()
@@ -198,6 +208,12 @@ def load_splits(
     by_loader = [m for m in required if f"require_{m}" in takes]  # the loader names the missing file
     kwargs.update({f"require_{m}": True for m in by_loader})
     data, report = spec.load(args.data_dir, on_error=args.on_error, rationales_path=rationales, return_report=True, **kwargs)
+    held_out: list[str] = []
+    if args.dev_fraction is not None:
+        data, held_out = hold_out_dev(data, args.dev_fraction, args.dev_seed)
+        logger.info("dev: %d train participant(s) held out (--dev_fraction %g, --dev_seed %d): %s",
+                    len(held_out), args.dev_fraction, args.dev_seed, ", ".join(held_out))  # fmt: skip
+    dev_source = "held_out_fraction" if held_out else "corpus" if len(data.get("dev", [])) else "none"
     template = next(iter(data.values()))
     selected = {}
     for split in splits:
@@ -209,7 +225,7 @@ def load_splits(
         data = checked(data, problems, args.on_error, report, "participant(s) lack a required modality")
     corpus = LoadedCorpus(
         data, spec, spec.questionnaire_of(data), [report], str(args.data_dir), args.on_error,
-        None if rationales is None else str(rationales),
+        None if rationales is None else str(rationales), dev_source, held_out,
     )  # fmt: skip
     if frames is not None:
         corpus.cache_features(frames, cache_dir, progress=progress)

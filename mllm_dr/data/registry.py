@@ -4,12 +4,15 @@ module and one :func:`register_corpus` call, not every tool."""
 
 from __future__ import annotations
 
+import math
 import os
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import datasets
+import numpy as np
 
 from . import cmdc, daic
 from .report import LoadReport, Notes, natural_key
@@ -164,3 +167,43 @@ def concatenate_corpora(*dataset_dicts: datasets.DatasetDict) -> datasets.Datase
     return datasets.DatasetDict(
         {name: datasets.concatenate_datasets([d[name] for d in dataset_dicts if name in d]) for name in names}
     )
+
+
+DEV_STRATUM_CUTOFF = 10  # held-out dev strata: PHQ total >= 10 (the corpora's PHQ_Binary) or not
+
+
+def hold_out_dev(
+    dataset_dict: Mapping[str, datasets.Dataset], fraction: float, seed: int = 0
+) -> tuple[datasets.DatasetDict, list[str]]:
+    """Moves about ``fraction`` of the train participants (all their rows) to ``dev``, for a corpus
+    without a dev split (CMDC). Participant-disjoint, stratified by ``total >= 10`` (participants
+    without a total form a stratum of their own), drawn with ``seed``: each stratum gives
+    ``round(fraction * n)`` of its ``n`` participants, and keeps at least one in train. Refuses a
+    corpus whose dev split is not empty, and a fraction that holds out nobody. Returns the new splits
+    and the dev participants."""
+    if not 0.0 < fraction < 1.0:
+        raise ValueError(f"--dev_fraction must be in (0, 1), got {fraction}")
+    if len(dataset_dict.get("dev", [])):
+        raise ValueError("--dev_fraction holds out part of train for a corpus without a dev split: this one has one")
+    train = dataset_dict["train"]
+    column = train["total"] if "total" in train.column_names else [None] * len(train)
+    totals: dict[str, Any] = dict(zip(train["participant_id"], column, strict=True))
+    strata: dict[Any, list[str]] = defaultdict(list)
+    for pid in sorted(totals, key=natural_key):
+        strata[None if totals[pid] is None else totals[pid] >= DEV_STRATUM_CUTOFF].append(pid)
+    held_out: list[str] = []
+    for number, key in enumerate(sorted(strata, key=str)):
+        members = strata[key]
+        size = min(len(members) - 1, math.floor(fraction * len(members) + 0.5))
+        order = np.random.default_rng([int(seed), number]).permutation(len(members))
+        held_out += [members[i] for i in order[: max(0, size)]]
+    if not held_out:
+        raise ValueError(
+            f"--dev_fraction {fraction} holds out no participant of the {len(totals)} in train "
+            "(each stratum keeps one in train): raise it, or train without dev evaluation"
+        )
+    dev_ids = set(held_out)
+    splits = dict(dataset_dict)
+    splits["dev"] = train.filter(lambda row: row["participant_id"] in dev_ids).map(lambda row: {"split": "dev"})
+    splits["train"] = train.filter(lambda row: row["participant_id"] not in dev_ids)
+    return datasets.DatasetDict(splits), sorted(held_out, key=natural_key)
