@@ -21,11 +21,12 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from functools import cache
 from pathlib import Path
@@ -34,8 +35,10 @@ from typing import Any
 
 import numpy as np
 
-from processing_mllm_dr import PHQ8_ITEMS
+from processing_mllm_dr import PHQ8_ITEMS, PHQ9_ITEMS, PhqItem
 
+from .data import cmdc
+from .data.features import OPENFACE_META_COLUMNS
 from .data.rationales import Rationale
 from .io import append_jsonl
 
@@ -71,6 +74,7 @@ ITEM_MARGINALS: dict[int, tuple[float, float, float, float]] = {
     7: (0.56, 0.27, 0.10, 0.07),
     8: (0.63, 0.24, 0.08, 0.05),
 }
+PHQ9_MARGINALS = {**ITEM_MARGINALS, 9: (0.80, 0.12, 0.05, 0.03)}  # item 9 (self-harm): the rarest complaint
 DEFAULT_ITEM_CORRELATION = 0.55  # share of each item's latent variance that is the shared severity
 DEFAULT_TEXT_NOISE = 0.15  # probability that an answer uses a phrase from an adjacent level
 
@@ -258,7 +262,7 @@ FILLER_SLOTS: dict[str, tuple[str, ...]] = {
     "venue": ("a shelter", "the church", "a community center", "the library"),
 }
 
-TOPICS = {1: "things they do for fun", 2: "their mood", 3: "sleep", 6: "how they see themselves"}
+TOPICS = {1: "things they do for fun", 2: "their mood", 3: "sleep", 6: "how they see themselves", 9: "self-harm"}
 PROBLEMS = {
     1: "loss of interest or pleasure in doing things",
     2: "feeling down, depressed or hopeless",
@@ -268,6 +272,7 @@ PROBLEMS = {
     6: "feeling bad about themselves or like a failure",
     7: "trouble concentrating",
     8: "slowed or restless movement and speech",
+    9: "thoughts of death or of hurting themselves",  # PHQ-9 only (the CMDC layout)
 }
 FEATURE_EVIDENCE = {
     4: ("voice", "the low-energy pattern"),
@@ -355,7 +360,7 @@ def assign_ids(participants: int, seed: int) -> dict[str, list[int]]:
 
 @cache
 def _thresholds(item: int) -> tuple[float, float, float]:
-    cumulative = np.cumsum(ITEM_MARGINALS[item])[:3]
+    cumulative = np.cumsum(PHQ9_MARGINALS[item])[:3]
     return tuple(NormalDist().inv_cdf(float(p)) for p in cumulative)  # type: ignore[return-value]
 
 
@@ -479,7 +484,7 @@ def transcript_rows(participant: Participant, seed: int, turns: int, seconds: fl
 def corpus_definition(spec_name: str) -> dict[str, Any]:
     """The fixed part of a modality (from ``SIGNAL_SEED`` only): per-dimension background mean and
     noise scale, and one unit direction per planted item (orthogonal to each other)."""
-    spec = {s.name: s for s in FEATURES}[spec_name]
+    spec = {s.name: s for s in (*FEATURES, OPENFACE)}[spec_name]
     rng = _rng(SIGNAL_SEED, spec.dim)
     mean = (spec.background_mean + spec.background_mean_sd * rng.standard_normal(spec.dim)).astype(np.float32)
     scale = (spec.frame_sd * np.exp(0.25 * rng.standard_normal(spec.dim))).astype(np.float32)
@@ -513,12 +518,16 @@ def _segment_mask(rng: np.random.Generator, frames: int, rate: int, fraction: fl
     return mask
 
 
-def feature_chunks(spec: FeatureSpec, frames: int, participant: Participant, seed: int) -> Iterator[np.ndarray]:
+def feature_chunks(
+    spec: FeatureSpec, frames: int, participant: Participant | CmdcSubject, seed: int, key: Sequence[int] | None = None
+) -> Iterator[np.ndarray]:
     """Yields ``(<= CHUNK_FRAMES, dim)`` float32 chunks of one participant's feature sequence:
     corpus mean + participant offset + AR(1) frame noise + planted item signals (then ReLU for CNN
-    features). Only ``spec.items`` influence the values."""
+    features). Only ``spec.items`` influence the values. ``key`` names the random stream (default
+    the participant id; a CMDC answer's is the subject code and the question)."""
     definition = corpus_definition(spec.name)
-    rng = _rng(_TAG_AUDIO if spec.name == "audio" else _TAG_VIDEO, seed, participant.pid)
+    key = (participant.pid,) if key is None else key
+    rng = _rng(_TAG_AUDIO if spec.name == "audio" else _TAG_VIDEO, seed, *key)
     offset = definition["mean"] + (spec.offset_sd * rng.standard_normal(spec.dim)).astype(np.float32)
     signals = []
     for item in spec.items:
@@ -654,17 +663,23 @@ def write_labels(labels_dir: Path, corpus: Sequence[Participant], test_item_labe
         _write_csv(labels_dir / "detailed_lables.csv", DETAILED_LABELS_COLUMNS, rows)
 
 
-def rationale_text(participant: Participant, item: int) -> str:
+def rationale_text(
+    participant: Participant | CmdcSubject,
+    item: int,
+    modalities: dict[int, str] = ITEM_MODALITY,
+    visual: str = "ResNet",
+) -> str:
     """A template rationale that cites the planted evidence and agrees with the label; it says it is
-    a template so that nobody mistakes it for a teacher model's or a clinician's."""
+    a template so that nobody mistakes it for a teacher model's or a clinician's. ``modalities``:
+    where each item is planted; ``visual``: the visual feature's name."""
     label = participant.score(item)
-    if ITEM_MODALITY[item] == "text":
+    if modalities[item] == "text":
         evidence = (
             f'When the interview turns to {TOPICS[item]}, the participant says "{participant.phrases[item]}".'
         )
     else:
         channel, pattern = FEATURE_EVIDENCE[item]
-        modality = "audio (HuBERT)" if ITEM_MODALITY[item] == "audio" else "visual (ResNet)"
+        modality = "audio (HuBERT)" if modalities[item] == "audio" else f"visual ({visual})"
         evidence = (
             f"The transcript does not touch on this; the evidence is in the participant's {channel}: "
             f"{pattern} in the {modality} features is {STRENGTH[label]}."
@@ -677,16 +692,18 @@ def rationale_text(participant: Participant, item: int) -> str:
     return f"(Synthetic template rationale.) {evidence} {verdict} The frequency that fits best is '{FREQUENCY[label]}'."
 
 
-def rationale_records(corpus: Sequence[Participant]) -> list[Rationale]:
-    """One validated record per (train/dev participant, item)."""
+def rationale_records(
+    corpus: Sequence[Participant | CmdcSubject], items: Sequence[PhqItem] = PHQ8_ITEMS, **text: Any
+) -> list[Rationale]:
+    """One validated record per (train/dev participant, item); ``text``: :func:`rationale_text`'s options."""
     records = []
     for p in corpus:
         if p.split == "test":
             continue
-        for item in PHQ8_ITEMS:
+        for item in items:
             record = {
                 "participant_id": str(p.pid), "item_index": item.index, "item_name": item.name,
-                "label": p.score(item.index), "rationale": rationale_text(p, item.index),
+                "label": p.score(item.index), "rationale": rationale_text(p, item.index, **text),
                 "teacher": TEACHER, "prompt_version": VERSION,
             }
             records.append(Rationale.from_dict(record, where=f"synthetic {p.pid}/{item.index}"))
@@ -876,16 +893,9 @@ def make_synthetic_corpus(
     place) and returns a summary: output, splits (ids), frames, totals, files, bytes, elapsed_s."""
     began = time.perf_counter()
     output = Path(output).absolute()
-    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
-        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if not seconds > 0:
-        raise ValueError(f"seconds must be > 0, got {seconds}")
+    _check_arguments(seed, seconds, item_correlation, text_noise)
     if turns < 1:
         raise ValueError(f"turns must be >= 1, got {turns}")
-    if not 0.0 <= item_correlation <= 1.0:
-        raise ValueError(f"item_correlation must be in [0, 1], got {item_correlation}")
-    if not 0.0 <= text_noise <= 1.0:
-        raise ValueError(f"text_noise must be in [0, 1], got {text_noise}")
     if phrasings is not None and not 1 <= phrasings <= 4:
         raise ValueError(f"phrasings must be 1-4 (phrasings per score level), got {phrasings}")
     split_sizes(participants)
@@ -900,9 +910,7 @@ def make_synthetic_corpus(
     corpus = plan_corpus(participants, seed, item_correlation, text_noise, phrasings)
     frames = frame_counts(seconds)
 
-    output.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
-    try:
+    def write(staging: Path) -> dict[str, Any]:
         write_labels(staging / "labels", corpus, test_item_labels)
         for p in corpus:
             folder = staging / "data" / f"{p.pid}_P"
@@ -916,10 +924,41 @@ def make_synthetic_corpus(
                 folder / "features" / f"{p.pid}{VIDEO.file_suffix}", frames["video"], VIDEO.dim,
                 feature_chunks(VIDEO, frames["video"], p, seed),
             )
-        write_rationale_file(staging / "rationales.jsonl", rationale_records(corpus))
-        info = signal_map(corpus, arguments)
-        (staging / "signal_map.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        (staging / "SYNTHETIC.md").write_text(synthetic_md(info), encoding="utf-8")
+        return _write_docs(staging, corpus, signal_map(corpus, arguments), synthetic_md, PHQ8_ITEMS)
+
+    info = _write_atomically(output, force, write)
+    return {**_summary(output, arguments, info, corpus, began), "frames": frames}
+
+
+def _check_arguments(seed: int, seconds: float, item_correlation: float, text_noise: float) -> None:
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    if not seconds > 0:
+        raise ValueError(f"seconds must be > 0, got {seconds}")
+    if not 0.0 <= item_correlation <= 1.0:
+        raise ValueError(f"item_correlation must be in [0, 1], got {item_correlation}")
+    if not 0.0 <= text_noise <= 1.0:
+        raise ValueError(f"text_noise must be in [0, 1], got {text_noise}")
+
+
+def _write_docs(
+    staging: Path, corpus: Sequence[Participant | CmdcSubject], info: dict[str, Any], markdown: Callable[[dict], str],
+    items: Sequence[PhqItem], **text: Any,
+) -> dict[str, Any]:
+    """``rationales.jsonl``, ``signal_map.json`` (``info``) and ``SYNTHETIC.md`` (``markdown(info)``)."""
+    write_rationale_file(staging / "rationales.jsonl", rationale_records(corpus, items, **text))
+    (staging / "signal_map.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    (staging / "SYNTHETIC.md").write_text(markdown(info), encoding="utf-8")
+    return info
+
+
+def _write_atomically(output: Path, force: bool, write: Callable[[Path], dict[str, Any]]) -> dict[str, Any]:
+    """Runs ``write(staging)`` in a hidden sibling folder of ``output``, then renames it into place
+    (replacing an earlier synthetic corpus only with ``force``); returns what ``write`` returned."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{output.name}.partial-", dir=output.parent))
+    try:
+        info = write(staging)
         os.chmod(staging, 0o755)  # mkdtemp's 0o700 would hide the corpus from other users
         _check_output(output, force)  # again: someone may have written there meanwhile
         if output.exists() and any(output.iterdir()):
@@ -932,19 +971,290 @@ def make_synthetic_corpus(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+    return info
 
+
+def _summary(
+    output: Path,
+    arguments: dict[str, Any],
+    info: dict[str, Any],
+    corpus: Sequence[Participant | CmdcSubject],
+    began: float,
+) -> dict[str, Any]:
+    """What both generators return: output, arguments, splits (ids), totals, files, bytes, elapsed_s."""
     files = [f for f in output.rglob("*") if f.is_file()]
     totals = [p.total for p in corpus]
     return {
         "output": str(output),
         "arguments": arguments,
         "splits": info["splits"],
-        "frames": frames,
         "participants": len(corpus),
         "depressed_share": float(np.mean([t >= CUTOFF for t in totals])),
         "totals": {str(p.pid): p.total for p in corpus},
-        "rationales": sum(p.split != "test" for p in corpus) * len(PHQ8_ITEMS),
+        "rationales": sum(p.split != "test" for p in corpus) * len(corpus[0].scores),
         "files": len(files),
         "bytes": int(sum(f.stat().st_size for f in files)),
         "elapsed_s": round(time.perf_counter() - began, 3),
     }
+
+
+# --------------------------------------------------------------------------------------------
+# The CMDC layout: HC/HCxx and MDD/MDDxx, one answer per question, PHQ-9 (mllm_dr.data.cmdc reads it)
+# --------------------------------------------------------------------------------------------
+
+CMDC_FORMAT = "mllm-dr-synthetic-cmdc"
+CMDC_QUESTIONS = 12
+DEFAULT_VIDEO_SHARE = 45 / 78  # about 45 of CMDC's 78 subjects have video
+OPENFACE = FeatureSpec(
+    name="openface", file_suffix=".csv", dim=cmdc.OPENFACE_DIM, rate=30, items=(5, 7), amplitude=4.0,
+    background_mean_sd=0.5, background_mean=0.0, offset_sd=0.3, frame_sd=1.0, ar=0.8, relu=False,
+    active_fraction=(0.35, 0.65),
+)
+CMDC_ITEM_MODALITY = {**ITEM_MODALITY, 9: "text"}
+# Text items the shipped question map leaves unmapped are planted in these questions (their items
+# are scored from the whole interview); the mapped ones go where cmdc_question_map.json says.
+CMDC_UNMAPPED_QUESTIONS = {3: (2,), 6: (11,)}
+_TAG_CMDC = 7
+
+CMDC_PHRASES: dict[int, tuple[tuple[str, ...], ...]] = {
+    1: (("我对自己的爱好还是很有兴趣，每周都盼着去做。", "平时喜欢的事情我都照样在做，挺开心的。"),
+        ("偶尔有几天不太想做事，大部分时候还是有兴趣的。", "有时候提不起劲，过一两天就好了。"),
+        ("一多半的日子里，以前喜欢的事情都不想做了。", "最近大部分时间对什么都没兴趣。"),
+        ("几乎每天都对什么都提不起兴趣，爱好全放下了。", "什么事情都不能让我高兴，天天如此。")),
+    2: (("我心情挺好的，很少觉得低落。", "情绪一直比较稳定，也比较乐观。"),
+        ("偶尔会有点低落，但很快就过去了。", "有几天心情不太好，不算严重。"),
+        ("超过一半的时间我都觉得情绪低落、没有希望。", "大部分日子心里都很沉重。"),
+        ("几乎每天都觉得很绝望，情绪一直很低。", "每天都很难过，看不到希望。")),
+    3: (("我睡得很好，一躺下就能睡着。", "睡眠没什么问题，一觉到天亮。"),
+        ("有几个晚上入睡有点困难，大多数时候还好。", "偶尔半夜会醒，不影响什么。"),
+        ("一多半的晚上都睡不好，半夜醒了就睡不着。", "大部分晚上要躺好几个小时才能睡着。"),
+        ("几乎每天晚上都失眠，只能睡两三个小时。", "每天夜里都睡不着，已经好几周了。")),
+    6: (("我对自己挺满意的，也为自己做的事感到骄傲。", "我觉得自己还不错，没什么后悔的。"),
+        ("偶尔会对自己要求太严，但很快就过去了。", "有时候觉得自己可以做得更好，这很正常。"),
+        ("大部分时间我都觉得自己让家人失望了。", "一多半的日子里我都觉得自己很差劲。"),
+        ("几乎每天都觉得自己是个失败者，对不起所有人。", "我每天都觉得自己一无是处。")),
+    9: (("我从来没有伤害自己的想法。", "没有过那种念头，我很珍惜生活。"),
+        ("有几天闪过不想活的念头，很快就打消了。", "偶尔会想到死，但没有当真。"),
+        ("一多半的日子里都会想到死或者伤害自己。", "最近经常有不想活下去的想法。"),
+        ("几乎每天都在想死或者伤害自己。", "每天都会冒出结束生命的念头。")),
+}
+CMDC_FILLER = (
+    "我是在南方一个小城市长大的。", "我现在在一家公司做行政工作。", "周末一般在家做做家务。",
+    "我和父母住在一起。", "上学的时候我学的是会计。", "我平时坐地铁上班，大概要四十分钟。",
+    "家里养了一只猫。", "我有一个哥哥，在外地工作。", "前段时间和朋友去爬了一次山。",
+    "我每天早上七点左右起床。", "最近单位的事情比较多。", "我喜欢吃家乡菜。",
+)
+
+
+@dataclass
+class CmdcSubject:
+    """One synthetic CMDC subject: id (``HC01``), group, PHQ-9 items, whether it has video, its answers."""
+
+    pid: str
+    code: int  # the subject's number in the random streams (HC n -> 1000 + n, MDD n -> 2000 + n)
+    split: str
+    gender: str
+    scores: tuple[int, ...]  # PHQ-9 items 1..9
+    has_video: bool
+    seconds: dict[int, float] = field(default_factory=dict)  # question -> answer length
+    answers: dict[int, str] = field(default_factory=dict)  # question -> transcript
+    phrases: dict[int, str] = field(default_factory=dict)  # text item -> its first planted answer
+
+    @property
+    def total(self) -> int:
+        return int(sum(self.scores))
+
+    def score(self, item: int) -> int:
+        return self.scores[item - 1]
+
+
+def cmdc_subject_ids(participants: int) -> dict[str, list[str]]:
+    """Train and test ids of the authors' protocol (train HC01-40 + MDD01-20, test HC41-52 +
+    MDD21-26): two thirds HC, and about 3/13 of each group (at least one from 2 on) in test."""
+    if isinstance(participants, bool) or int(participants) != participants or not 1 <= participants <= 78:
+        raise ValueError(f"participants must be 1-78 (CMDC has 52 HC + 26 MDD subjects), got {participants!r}")
+    sizes = {"HC": round(participants * 2 / 3)}
+    sizes["MDD"] = participants - sizes["HC"]
+    ids: dict[str, list[str]] = {"train": [], "test": []}
+    for group, size in sizes.items():
+        test = max(1, round(size * 3 / 13)) if size >= 2 else 0
+        first_test = cmdc.AUTHORS_TRAIN[group].stop
+        ids["train"] += [f"{group}{n:02d}" for n in range(1, size - test + 1)]
+        ids["test"] += [f"{group}{n:02d}" for n in range(first_test, first_test + test)]
+    return ids
+
+
+def plan_cmdc(
+    participants: int, seed: int, seconds: float, item_correlation: float = DEFAULT_ITEM_CORRELATION,
+    text_noise: float = DEFAULT_TEXT_NOISE, video_share: float = DEFAULT_VIDEO_SHARE,
+) -> list[CmdcSubject]:
+    """All subjects, HC then MDD: an MDD subject's latent severity is higher (N(1.2, 0.5) against
+    N(-1, 0.5)); items and answers as in the E-DAIC plan; video for an evenly spread share."""
+    mapping = cmdc.load_question_map()
+    planted = {item: tuple(mapping.get(item) or CMDC_UNMAPPED_QUESTIONS[item]) for item in CMDC_PHRASES}
+    split_of = {pid: split for split, pids in cmdc_subject_ids(participants).items() for pid in pids}
+    subjects = []
+    for k, pid in enumerate(sorted(split_of, key=lambda s: (not s.startswith("HC"), s)), start=1):
+        mdd = pid.startswith("MDD")
+        code = (2000 if mdd else 1000) + int(pid.lstrip("HCMD"))
+        rng = _rng(_TAG_CMDC, seed, code)
+        severity = (1.2 if mdd else -1.0) + 0.5 * float(rng.standard_normal())
+        latent = np.sqrt(item_correlation) * severity + np.sqrt(1.0 - item_correlation) * rng.standard_normal(9)
+        scores = tuple(int(np.searchsorted(_thresholds(item), latent[item - 1])) for item in range(1, 10))
+        has_video = math.ceil(k * video_share) > math.ceil((k - 1) * video_share)  # the first subject always
+        subject = CmdcSubject(pid, code, split_of[pid], "F" if rng.random() < 0.5 else "M", scores, has_video)
+        for q in range(1, CMDC_QUESTIONS + 1):
+            subject.seconds[q] = float(seconds * rng.uniform(0.5, 1.5))
+            subject.answers[q] = CMDC_FILLER[int(rng.integers(len(CMDC_FILLER)))]
+        for item, questions in planted.items():
+            for q in questions:
+                level = subject.score(item)
+                if rng.random() < text_noise:
+                    level = _adjacent(level, rng)
+                phrase = CMDC_PHRASES[item][level][int(rng.integers(len(CMDC_PHRASES[item][level])))]
+                subject.phrases.setdefault(item, phrase)
+                subject.answers[q] = f"{subject.answers[q]}{phrase}"
+        subjects.append(subject)
+    return subjects
+
+
+def openface_columns() -> list[str]:
+    """OpenFace 2.x's 709 feature columns after frame, face_id, timestamp, confidence, success."""
+    eye = [f"eye_lmk_{axis}_{i}" for axis in ("x", "y", "X", "Y", "Z") for i in range(56)]
+    face = [f"{axis}_{i}" for axis in ("x", "y", "X", "Y", "Z") for i in range(68)]
+    pdm = ["p_scale", "p_rx", "p_ry", "p_rz", "p_tx", "p_ty"] + [f"p_{i}" for i in range(34)]
+    units = (1, 2, 4, 5, 6, 7, 9, 10, 12, 14, 15, 17, 20, 23, 25, 26, 45)
+    aus = [f"AU{u:02d}_r" for u in units] + [f"AU{u:02d}_c" for u in (*units[:16], 28, 45)]
+    gaze = [f"gaze_{e}_{a}" for e in (0, 1) for a in "xyz"] + ["gaze_angle_x", "gaze_angle_y"]
+    pose = [f"pose_{p}" for p in ("Tx", "Ty", "Tz", "Rx", "Ry", "Rz")]
+    columns = gaze + eye + pose + face + pdm + aus
+    assert len(columns) == cmdc.OPENFACE_DIM
+    return columns
+
+
+def write_openface_csv(path: Path, chunks: Iterator[np.ndarray], rate: int) -> None:
+    """An OpenFace 2.x CSV (``frame, face_id, timestamp, confidence, success`` then the 709 features,
+    ", "-separated as OpenFace writes them)."""
+    values = np.concatenate(list(chunks))
+    frames = np.arange(len(values))
+    ones = np.ones(len(values))
+    meta = np.column_stack([frames + 1, 0 * ones, frames / rate, 0.98 * ones, ones])
+    header = ", ".join([*OPENFACE_META_COLUMNS, *openface_columns()])
+    fmt = ["%d", "%d", "%.3f", "%.2f", "%d"] + ["%.4f"] * values.shape[1]
+    np.savetxt(path, np.column_stack([meta, values]), fmt=fmt, delimiter=", ", header=header, comments="")
+
+
+def cmdc_signal_map(subjects: Sequence[CmdcSubject], arguments: dict[str, Any]) -> dict[str, Any]:
+    """What was planted where (deterministic: no paths, no times)."""
+    mapping = cmdc.load_question_map()
+    items = {}
+    for item in PHQ9_ITEMS:
+        modality = CMDC_ITEM_MODALITY[item.index]
+        entry: dict[str, Any] = {"name": item.name, "modality": modality, "mapped": mapping.get(item.index, [])}
+        if modality == "text":
+            entry["planted_in_questions"] = list(mapping.get(item.index) or CMDC_UNMAPPED_QUESTIONS[item.index])
+        else:
+            spec = AUDIO if modality == "audio" else OPENFACE
+            entry.update(file=f"Q<n>{spec.file_suffix}", amplitude_per_score_step=spec.amplitude, centred_at=1.5)
+        items[str(item.index)] = entry
+    splits = {s: [p.pid for p in subjects if p.split == s] for s in ("train", "dev", "test")}
+    return {
+        "format": CMDC_FORMAT, "version": VERSION, "synthetic": True, "seed": arguments["seed"],
+        "signal_seed": SIGNAL_SEED, "arguments": arguments, "cutoff": CUTOFF, "items": items,
+        "features": {
+            "audio": {"file": f"Q<n>{AUDIO.file_suffix}", "dim": AUDIO.dim, "frames_per_second": AUDIO.rate},
+            "video": {"file": "Q<n>.csv (OpenFace 2.x)", "dim": OPENFACE.dim, "frames_per_second": OPENFACE.rate},
+        },
+        "splits": splits, "without_video": [p.pid for p in subjects if not p.has_video],
+        "summary": {"participants": len(subjects), "depressed": int(sum(p.total >= CUTOFF for p in subjects)),
+                    "max_total": int(max(p.total for p in subjects))},
+    }  # fmt: skip
+
+
+def cmdc_synthetic_md(info: dict[str, Any]) -> str:
+    args, s = info["arguments"], info["summary"]
+    defaults = {"item_correlation": DEFAULT_ITEM_CORRELATION, "text_noise": DEFAULT_TEXT_NOISE,
+                "video_share": DEFAULT_VIDEO_SHARE}  # fmt: skip
+    command = (
+        f"mllm-dr-synthetic-corpus --layout cmdc --output_dir DIR --participants {args['participants']} "
+        f"--seed {args['seed']} --seconds {args['seconds']:g}"
+        + "".join(f" --{name} {args[name]:g}" for name, default in defaults.items() if args[name] != default)
+    )
+    rows = "\n".join(
+        f"| {i} | {e['name']} | {e['modality']} | {', '.join(f'Q{q}' for q in e.get('planted_in_questions', []))} |"
+        if e["modality"] == "text" else f"| {i} | {e['name']} | {e['modality']} | every Q<n> |"
+        for i, e in info["items"].items()
+    )
+    return f"""# Synthetic CMDC-layout corpus (NOT clinical data)
+
+Generated by `mllm-dr-synthetic-corpus --layout cmdc` ({info['version']}). Every subject, answer,
+feature and label here is invented; the rationales are templates. Regenerate byte-identically with:
+
+    {command}
+
+- Subjects: {s['participants']} (train {len(info['splits']['train'])}, test {len(info['splits']['test'])}; no dev split, as in the authors' protocol).
+  PHQ-9 total >= {info['cutoff']}: {s['depressed']}, max {s['max_total']}.
+- Without video (a missing modality): {', '.join(info['without_video']) or 'none'}.
+- Files: `labels.csv` (subject_id, PHQ9_1..PHQ9_9, PHQ9_Total, gender), `HC/HCxx/` and `MDD/MDDxx/` with
+  `Q1.txt`..`Q{CMDC_QUESTIONS}.txt` (UTF-8 Chinese), `Q<n>_HuBERT.npy` (float32, frames x 768, 50/s) and,
+  for subjects with video, `Q<n>.csv` (OpenFace 2.x columns, 709 features, 30/s). No wav files.
+
+MDD subjects have a higher latent severity than HC subjects; items share it (item_correlation
+{args['item_correlation']:g}). Each answer is label-free filler, plus the graded phrase of a text
+item in the questions below; feature items are planted in every answer's features as in the E-DAIC
+generator (`signal_map.json`). Nothing here is clinical data.
+
+| item | name | modality | planted in |
+|---|---|---|---|
+{rows}
+"""
+
+
+def make_synthetic_cmdc(
+    output: str | Path,
+    participants: int,
+    seed: int,
+    seconds: float = 2.0,
+    force: bool = False,
+    item_correlation: float = DEFAULT_ITEM_CORRELATION,
+    text_noise: float = DEFAULT_TEXT_NOISE,
+    video_share: float = DEFAULT_VIDEO_SHARE,
+) -> dict[str, Any]:
+    """Writes a CMDC-layout corpus (what :func:`mllm_dr.data.load_cmdc` reads) atomically, like
+    :func:`make_synthetic_corpus`: ``participants`` subjects (1-78) of the authors' protocol, answers
+    of about ``seconds`` each, video for a ``video_share`` of the subjects, template rationales for the
+    train subjects. The same arguments give byte-identical files."""
+    began = time.perf_counter()
+    output = Path(output).absolute()
+    _check_arguments(seed, seconds, item_correlation, text_noise)
+    if not 0.0 < video_share <= 1.0:
+        raise ValueError(f"video_share must be in (0, 1], got {video_share}")
+    _check_output(output, force)
+    arguments = {
+        "participants": int(participants), "seed": int(seed), "seconds": float(seconds),
+        "item_correlation": float(item_correlation), "text_noise": float(text_noise), "video_share": float(video_share),
+    }  # fmt: skip
+    subjects = plan_cmdc(participants, int(seed), float(seconds), item_correlation, text_noise, video_share)
+
+    def write(staging: Path) -> dict[str, Any]:
+        labels = [[p.pid, *p.scores, p.total, p.gender] for p in subjects]
+        header = [cmdc.ID_COLUMN, *cmdc.ITEM_COLUMNS, cmdc.TOTAL_COLUMN, cmdc.GENDER_COLUMN]
+        _write_csv(staging / cmdc.LABELS_CSV, header, labels)
+        for p in subjects:
+            folder = staging / ("MDD" if p.pid.startswith("MDD") else "HC") / p.pid
+            folder.mkdir(parents=True)
+            for q, answer in p.answers.items():
+                (folder / cmdc.TRANSCRIPT_PATTERN.format(q=q)).write_text(answer, encoding="utf-8")
+                frames = max(1, round(AUDIO.rate * p.seconds[q]))
+                chunks = feature_chunks(AUDIO, frames, p, seed, key=(p.code, q))
+                write_npy_streaming(folder / cmdc.AUDIO_PATTERN.format(q=q), frames, AUDIO.dim, chunks)
+                if p.has_video:
+                    frames = max(1, round(OPENFACE.rate * p.seconds[q]))
+                    chunks = feature_chunks(OPENFACE, frames, p, seed, key=(p.code, q))
+                    write_openface_csv(folder / cmdc.VIDEO_PATTERN.format(q=q), chunks, OPENFACE.rate)
+        info = cmdc_signal_map(subjects, arguments)
+        text = {"modalities": CMDC_ITEM_MODALITY, "visual": "OpenFace"}
+        return _write_docs(staging, subjects, info, cmdc_synthetic_md, PHQ9_ITEMS, **text)
+
+    info = _write_atomically(output, force, write)
+    return {**_summary(output, arguments, info, subjects, began), "without_video": info["without_video"]}
