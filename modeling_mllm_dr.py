@@ -391,6 +391,7 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
         tokenizer: Any = None,
         config: MllmDrConfig | None = None,
         dtype: torch.dtype | str | None = None,
+        quantization_config: Any = None,
         **overrides: Any,
     ) -> MllmDrForConditionalGeneration:
         """Builds a fresh MLlm-DR on a pretrained causal LM (a folder, Hub id or loaded model).
@@ -398,7 +399,8 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
         Adds ``<AudioHere>`` / ``<VideoHere>`` to the tokenizer (loaded from ``backbone`` when not
         given; retrievable as ``model.tokenizer_for_backbone``), resizes the embeddings and keeps
         every backbone weight. ``overrides`` set ``MllmDrConfig`` fields (or pass ``config`` whole;
-        its ``text_config`` is replaced by the backbone's).
+        its ``text_config`` is replaced by the backbone's). ``quantization_config`` (e.g. a
+        ``BitsAndBytesConfig`` for QLoRA) goes to the backbone's ``from_pretrained``.
         """
         from transformers import AutoTokenizer
 
@@ -406,6 +408,8 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
             language_model = backbone
         else:
             kwargs = {"dtype": dtype} if dtype is not None else {}
+            if quantization_config is not None:
+                kwargs["quantization_config"] = quantization_config
             language_model = AutoModelForCausalLM.from_pretrained(backbone, **kwargs)
         if tokenizer is None:
             tokenizer = AutoTokenizer.from_pretrained(language_model.config.name_or_path or backbone)

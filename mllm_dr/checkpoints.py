@@ -211,17 +211,20 @@ def load_adapter_export(
     merge: bool = False,
     dtype: torch.dtype | None = None,
     revision: str | None = None,
+    quantization_config: Any = None,
 ) -> tuple[torch.nn.Module, MllmDrProcessor]:
     """Rebuilds a model from an adapter export (or a stage-1 output), a folder or a Hub repo id, on
     its recorded base model (or ``backbone``): the saved config whole, the backbone's weights, the
     saved modules, then LoRA through PEFT. Returns ``(model, processor)``; with LoRA, a PEFT model
-    unless ``merge``."""
+    unless ``merge``. ``quantization_config`` loads the base model quantised (QLoRA training)."""
     directory = resolve_model_folder(directory, revision)
     manifest = read_adapter_manifest(directory)
     base_model = backbone or manifest["base_model"]
     config = MllmDrConfig.from_pretrained(directory)
     processor = MllmDrProcessor.from_pretrained(directory)
-    model = MllmDrForConditionalGeneration.from_backbone(base_model, tokenizer=processor.tokenizer, config=config, dtype=dtype)
+    model = MllmDrForConditionalGeneration.from_backbone(
+        base_model, tokenizer=processor.tokenizer, config=config, dtype=dtype, quantization_config=quantization_config
+    )
     if (model.config.audio_token_id, model.config.video_token_id) != (config.audio_token_id, config.video_token_id):
         raise ValueError(
             f"{directory}: the base model {base_model} gives placeholder ids "

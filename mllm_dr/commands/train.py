@@ -111,6 +111,8 @@ def validate(
             "stage 2 starts from stage-1 LQ-formers: pass --init_from STAGE1_DIR (or --allow_stage2_without_stage1 "
             "to train on untrained, frozen LQ-formers on purpose, or --text_only for the text-only baseline)"
         )
+    if model_args.load_in_4bit and args.stage != 2:
+        raise SystemExit("--load_in_4bit is QLoRA: stage 2 only (stage 1 trains no LLM weights)")
     if model_args.init_from is None and model_args.backbone is None:
         raise SystemExit("--backbone is required unless --init_from gives a stage-1 output")
     if args.alignment_probe_weight < 0:
@@ -135,6 +137,8 @@ def validate_publishing(model_args: ModelArguments, args: MllmDrTrainingArgument
         raise SystemExit(f"--push_to_hub needs --hub_model_id OWNER/NAME (got {args.hub_model_id!r})")
     if args.stage == 1 and publish_args.hub_export == "merged":
         raise SystemExit("--push_to_hub: a stage-1 output has no merged export; pass --hub_export adapter")
+    if model_args.load_in_4bit and publish_args.hub_export == "merged":
+        raise SystemExit("--push_to_hub: a --load_in_4bit run exports no merged model; pass --hub_export adapter")
     if publish_args.base_model_id is not None and not is_hub_id(publish_args.base_model_id):
         raise SystemExit(f"--base_model_id {publish_args.base_model_id!r} is not a Hub id (owner/name)")
     if publish_args.hub_export == "adapter" and publish_args.base_model_id is None and model_args.init_from is None:
@@ -298,6 +302,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest["final_metrics"] = metrics
         license = publish_args.hub_license or backbone_license(stage.base_model)
         folders = {"adapter": out} if args.stage == 1 else {"adapter": out / "adapter", "merged": out / "merged"}
+        if model_args.load_in_4bit:
+            folders.pop("merged")
         for kind, folder in folders.items():
             card = build_card(manifest, kind, base_model_id=manifest["base_model_lineage"], license=license)
             write_text_atomic(folder / "README.md", str(card))
@@ -312,7 +318,8 @@ def main(argv: list[str] | None = None) -> int:
             merged_dir = out / "merged"
             if merged_dir.exists():
                 shutil.rmtree(merged_dir)
-            export_merged(model, processor, merged_dir)
+            if not model_args.load_in_4bit:  # a 4-bit base would merge into a quantised copy: the adapter is the export
+                export_merged(model, processor, merged_dir)
         write_card_and_manifest(metrics)
     evaluated = [entry for entry in trainer.state.log_history if "eval_loss" in entry]
     if len(dev_rows) and args.final_dev_eval:

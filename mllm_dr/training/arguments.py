@@ -57,6 +57,12 @@ class ModelArguments:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (stage 2)."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (stage 2)."})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (stage 2)."})
+    load_in_4bit: bool = field(
+        default=False,
+        metadata={"help": "Stage 2 as QLoRA: the backbone loaded in 4-bit NF4 (bitsandbytes, `pip install "
+                  "mllm-dr[qlora]`), LoRA and the head trained on top; exports the adapter only (apply it to "
+                  "the full-precision backbone with mllm_dr.load_adapter_export)."},
+    )
     lora_target_modules: str = field(
         default=DEFAULT_LORA_TARGET, metadata={"help": "Regex over module names that get LoRA (the LLM's q/v projections)."}
     )

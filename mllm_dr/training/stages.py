@@ -117,6 +117,22 @@ def build_config_overrides(
     return overrides
 
 
+def quantization(model_args: ModelArguments, args: MllmDrTrainingArguments) -> Any:
+    """The 4-bit NF4 ``BitsAndBytesConfig`` of ``--load_in_4bit`` (QLoRA, stage 2), else None."""
+    if not model_args.load_in_4bit:
+        return None
+    if args.stage != 2:
+        raise SystemExit("--load_in_4bit is QLoRA: stage 2 only (stage 1 trains no LLM weights)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise SystemExit("--load_in_4bit needs bitsandbytes: pip install 'mllm-dr[qlora]'") from None
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if args.bf16 else torch.float16 if args.fp16 else torch.float32
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)
+
+
 def build_stage_model(
     model_args: ModelArguments,
     args: MllmDrTrainingArguments,
@@ -131,7 +147,9 @@ def build_stage_model(
     from peft import LoraConfig
 
     if model_args.init_from is not None:
-        model, processor = load_adapter_export(model_args.init_from, backbone=model_args.backbone)
+        model, processor = load_adapter_export(
+            model_args.init_from, backbone=model_args.backbone, quantization_config=quantization(model_args, args)
+        )
         manifest = read_adapter_manifest(model_args.init_from)
         base_model = model_args.backbone or manifest["base_model"]
         if manifest.get("lora"):
@@ -159,7 +177,9 @@ def build_stage_model(
         overrides = build_config_overrides(model_args, feature_widths)
         if args.stage == 1 and args.alignment_probe_weight > 0:
             overrides["alignment_probe_items"] = len(QUESTIONNAIRES[questionnaire])
-        model = MllmDrForConditionalGeneration.from_backbone(model_args.backbone, **overrides)
+        model = MllmDrForConditionalGeneration.from_backbone(
+            model_args.backbone, quantization_config=quantization(model_args, args), **overrides
+        )
         processor = MllmDrProcessor.from_config(
             model.tokenizer_for_backbone, model.config, questionnaire=questionnaire,
             max_transcript_tokens=max_transcript_tokens or DEMO_TRANSCRIPT_TOKENS,
@@ -190,6 +210,10 @@ def build_stage_model(
         target_modules=model_args.lora_target_modules,
         bias="none",
     )
+    if model_args.load_in_4bit:  # QLoRA: norms in fp32, the quantised weights frozen (PEFT's recipe)
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
     peft_model = apply_lora(model, lora_config)
     patterns = [r"language_model\..*lora_[AB]\..*"]
     if args.joint_loss and args.score_loss_weight > 0:
