@@ -138,7 +138,9 @@ def build_app(
         def on_load(who):
             if who and who.get("assessor"):
                 return page(first_open(ratings_of(who)), who)
-            return start_page()
+            # The page opens on the start form already; leaving it untouched means a load that ends
+            # after a quick click on Start cannot undo that click.
+            return tuple(gr.skip() for _ in outputs)
 
         def on_start(typed, chosen):
             typed = (typed or "").strip()
