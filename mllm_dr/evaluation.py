@@ -301,6 +301,15 @@ def left_out_lines(left_out: Mapping[str, Any] | None) -> list[str]:
     return lines
 
 
+def transcript_line(cuts: Mapping[str, Any] | None) -> list[str]:
+    """The report's line on transcripts cut to the model's budget (none when the prompt has no transcript)."""
+    if not cuts:
+        return []
+    worst = f", by at most {cuts['max_cut_tokens']} tokens" if cuts["truncated"] else ""
+    return [f"- Transcripts: budget {cuts['budget']} tokens; {cuts['truncated']} of {cuts['participants']} "
+            f"participants' transcripts were cut{worst} (per participant in `manifest.json`)"]  # fmt: skip
+
+
 def write_report(predictions, metrics, manifest, out: Path, figures: list[str]) -> None:
     fmt = lambda v: "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
     ci = lambda key: "" if not metrics.get(key) else f" [{metrics[key][0]:.3f}, {metrics[key][1]:.3f}]"  # noqa: E731
@@ -314,6 +323,7 @@ def write_report(predictions, metrics, manifest, out: Path, figures: list[str]) 
         f"{metrics['n_participants']} participants, {metrics['n_items']} items",
         f"- Score source: `{metrics['score_source']}`; binary cut-off: total >= {metrics['cutoff']:g}",
         f"- Generation: {manifest['generation']}",
+        *transcript_line(manifest["data"].get("transcripts")),
         "",
         "| metric | value (95% bootstrap interval) |",
         "|---|---|",

@@ -81,6 +81,10 @@ def test_end_to_end_files_and_independent_recomputation(setup, tmp_path):
     manifest = json.loads((out / "manifest.json").read_text())  # what --aggregate compares between runs
     assert manifest["questionnaire"] == "phq8" and manifest["model"]["kind"] == "checkpoint"
     assert manifest["model"]["fingerprint"] == model_fingerprint(root / "s2" / "merged")
+    cuts = manifest["data"]["transcripts"]  # the model's budget (32 tokens here) against each transcript
+    assert cuts["budget"] == 32 and cuts["participants"] == 5
+    assert cuts["truncated"] == len(cuts["cut_tokens"]) and all(n > 0 for n in cuts["cut_tokens"].values())
+    assert f"- Transcripts: budget 32 tokens; {cuts['truncated']} of 5 participants" in report
 
 
 def test_resume_after_interruption_equals_uninterrupted(setup, tmp_path, monkeypatch):

@@ -194,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     manifest = {
         "model": description,
         "data": {"format": corpus_args.dataset_format, "dir": str(Path(corpus_args.data_dir).resolve()), "split": args.split,
-                 "items": len(rows), "participants": len({r["participant_id"] for r in rows}), "left_out": left_out},
+                 "items": len(rows), "participants": len({r["participant_id"] for r in rows}), "left_out": left_out,
+                 "transcripts": transcript_cuts(rows, processor, mode)},
         "generation": generation.describe(),
         "max_new_tokens": generation.max_new_tokens,
         "dtype": None if model is None else model_args.dtype,
@@ -212,6 +213,26 @@ def main(argv: list[str] | None = None) -> int:
                                   generation, args)  # fmt: skip
     except FolderInUse as error:
         raise SystemExit(f"error: {error}") from None
+
+
+def transcript_cuts(rows, processor, mode: str) -> dict[str, Any] | None:
+    """How many participants' transcripts exceed the model's budget, and by how many tokens (each
+    transcript tokenized once); None when the prompt has no transcript (baselines, feature modes)."""
+    if processor is None or not processor.inputs_for(mode).transcript:
+        return None
+    by_text: dict[str, int] = {}
+    cut: dict[str, int] = {}
+    for row in rows:
+        text = row["transcript"]
+        if text not in by_text:
+            by_text[text] = processor.encode_transcript(text)[1]
+        pid = str(row["participant_id"])
+        cut[pid] = max(cut.get(pid, 0), by_text[text])
+    return {
+        "budget": processor.max_transcript_tokens, "participants": len(cut),
+        "truncated": sum(tokens > 0 for tokens in cut.values()), "max_cut_tokens": max(cut.values(), default=0),
+        "cut_tokens": {pid: tokens for pid, tokens in sorted(cut.items()) if tokens > 0},
+    }  # fmt: skip
 
 
 def _evaluate_into(
