@@ -216,6 +216,18 @@ def test_the_app_in_a_browser_keeps_three_blind_ratings_across_a_reload(served, 
             fresh.locator("#assessor-name textarea, #assessor-name input").first.fill("Ann Lee")
             fresh.locator("#start").click()
             expect(fresh.locator("#progress")).to_contain_text("Sample 4 of 6 · 3 of 6 rated")
+
+            fresh.locator("#switch").click()  # a second assessor, open mode: everything shown at once
+            fresh.locator("#assessor-name textarea, #assessor-name input").first.fill("Bo")
+            fresh.locator("#mode").get_by_text("Open: ").click()
+            fresh.locator("#start").click()
+            expect(fresh.locator("#progress")).to_contain_text("Sample 1 of 6 · 0 of 6 rated · assessor Bo (open)")
+            expect(fresh.locator("#rationale textarea")).to_be_visible()
+            expect(fresh.locator("#reveal")).to_be_hidden()
+            fresh.locator("#own-score").get_by_text("3: ").click()
+            fresh.locator("#rating").get_by_text("2: ").click()
+            fresh.locator("#save").click()
+            expect(fresh.locator("#progress")).to_contain_text("Sample 2 of 6 · 1 of 6 rated")
         finally:
             browser.close()
     assert hosts == {url.split("/")[2]}  # the page asked nothing of any other host
@@ -224,6 +236,9 @@ def test_the_app_in_a_browser_keeps_three_blind_ratings_across_a_reload(served, 
     assert {n: (r["expert_score"], r["rationale_rating"], r["blind"]) for n, r in ratings.items()} == {
         1: (0, 3, True), 2: (1, 2, True), 3: (2, 1, True)
     }
+    assert [(r["expert_score"], r["rationale_rating"], r["blind"]) for _, r in read_jsonl(reviews / "bo.jsonl")] == [
+        (3, 2, False)
+    ]
     lines = [record for _line, record in read_jsonl(reviews / "ann_lee.jsonl")]
     assert [r["rationale_rating"] for r in lines] == [None, 3, None, 2, None, 1]  # each reveal recorded first
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
