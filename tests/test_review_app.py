@@ -109,6 +109,8 @@ def test_a_sample_is_drawn_once_and_a_different_one_is_refused(tmp_path):
 
 
 def test_the_command_finds_each_sampled_items_transcript_in_the_evaluated_corpus(tmp_path, capsys):
+    defaults = review.build_parser().parse_args_into_dataclasses([])[0]
+    assert (defaults.host, defaults.sample_size) == ("127.0.0.1", 100)  # loopback only; the paper's 100
     folder = evaluation_folder(tmp_path)
     assert review.main(["--eval_dir", str(folder), "--sample_size", "8", "--prepare_only"]) == 0
     out = capsys.readouterr().out
