@@ -59,7 +59,8 @@ def data_feature_widths(
 ) -> dict[str, FeatureWidth]:
     """Each modality's frame width, read once from the headers of its feature files (``feature_shape``)
     before a model is built; two files of one modality with different widths are refused, naming
-    both. A modality without any file in ``splits`` is absent."""
+    both. A modality without any readable file in ``splits`` is absent; an unreadable file is left to
+    the feature check, which names its participant and refuses or skips it (``--on_error``)."""
     widths: dict[str, FeatureWidth] = {}
     for modality in modalities:
         seen: set[str] = set()
@@ -71,7 +72,11 @@ def data_feature_widths(
                     if file in seen:
                         continue
                     seen.add(file)
-                    found = FeatureWidth(feature_shape(file)[1], file, str(row["participant_id"]))
+                    try:
+                        width = feature_shape(file)[1]
+                    except ValueError:  # unreadable: the feature check refuses it, or skips it (--on_error skip)
+                        continue
+                    found = FeatureWidth(width, file, str(row["participant_id"]))
                     first = widths.setdefault(modality, found)
                     if found.width != first.width:
                         raise ValueError(
