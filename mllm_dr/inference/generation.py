@@ -18,6 +18,7 @@ from modeling_mllm_dr import PAPER_SAMPLING
 from processing_mllm_dr import MllmDrProcessor
 
 from ..data import MllmDrCollator, feature_key
+from ..uncertainty import score_probabilities
 
 SCORE_SOURCES = ("generated", "head", "generated_with_head_fallback")
 
@@ -49,6 +50,12 @@ class GenerationArguments:
         metadata={"help": "The score that counts: generated (the parsed text), head (the MAA head), or "
                   "generated_with_head_fallback (the text, the head where the text breaks format).",
                   "choices": list(SCORE_SOURCES)},
+    )
+    score_probabilities: bool = field(
+        default=True,
+        metadata={"help": "Record each item's probabilities of the scores, read from the raw logits at the step "
+                  "where the score digit was written (no extra generation; --no_score_probabilities: off, "
+                  "and the per-step logits are not kept)."},
     )
     unparsed_score: float = field(
         default=0.0,
@@ -213,13 +220,17 @@ def generate_items(
 
     Each record holds the row's ids, the generated text, the strictly parsed score and rationale,
     the MAA head's score (``use_head``: only for a trained head), the score that counts
-    (``settings.score_source``) and whether it fell back to the head, plus the row's label, total
-    and gender.
+    (``settings.score_source``) and whether it fell back to the head, with
+    ``settings.score_probabilities`` the LM's probabilities of the scores where it wrote the digit
+    (:func:`mllm_dr.uncertainty.score_probabilities`: ``score_probabilities``,
+    ``score_probability_mass``, ``expected_score``, ``entropy``), plus the row's label, total and gender.
     """
     batch = MllmDrCollator(processor, mode, with_rationale=True, padding_side="left", with_targets=False)(list(rows))
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": False}
+    if settings.score_probabilities:  # raw logits per step: PerItemSampler's processed scores are one-hot
+        kwargs.update(output_logits=True, return_dict_in_generate=True)
     if not settings.greedy:
         seeds = [item_seed(settings.seed, str(r["participant_id"]), int(r["item_index"])) for r in rows]
         kwargs["logits_processor"] = [
@@ -238,9 +249,16 @@ def generate_items(
     eos = tokenizer.eos_token_id
     counted = int(sum(int((row != eos).sum()) + int((row == eos).any()) for row in new_tokens.cpu()))
     use_head = use_head and out.head_score is not None
+    parsed_all = [processor.parse_output(text) for text in texts]
+    if settings.score_probabilities and out.logits is not None:
+        probabilities = score_probabilities(
+            tokenizer, new_tokens, out.logits, [p for p, _ in parsed_all], processor.score_min, processor.score_max
+        )
+    else:
+        probabilities = [{} for _ in texts]
     records = []
     for i, (row, text) in enumerate(zip(rows, texts)):
-        parsed, rationale = processor.parse_output(text)
+        parsed, rationale = parsed_all[i]
         head = float(out.head_score[i]) if use_head else None
         score, fell_back = choose_score(
             parsed, head, settings.score_source, settings.unparsed_score, processor.score_min, processor.score_max
@@ -255,6 +273,7 @@ def generate_items(
                 "parsed_score": parsed,
                 "head_score": head,
                 "score": score,
+                **probabilities[i],
                 "label": row.get("label"),
                 "fell_back": fell_back,
                 "total": row.get("total"),
