@@ -212,13 +212,22 @@ def parse_score_permissive(text: str, score_min: int = 0, score_max: int = 3) ->
     return score if score_min <= score <= score_max else None
 
 
-def format_target(score: int, rationale: str | None = None) -> str:
-    """Stage 2: ``Evaluation Reason: <rationale>\\nScore: <s>``; stage 1: ``Score: <s>``."""
+ANSWER_ORDERS = ("reason_first", "score_first")
+
+
+def format_target(score: int, rationale: str | None = None, answer_order: str = "reason_first") -> str:
+    """Stage 2: ``Evaluation Reason: <rationale>\\nScore: <s>`` (paper Table 1's order), or with
+    ``answer_order="score_first"`` ``Score: <s>\\nEvaluation Reason: <rationale>`` (the authors'
+    code); stage 1: ``Score: <s>``. :func:`parse_output` reads both."""
+    if answer_order not in ANSWER_ORDERS:
+        raise ValueError(f"answer_order must be one of {ANSWER_ORDERS}, got {answer_order!r}")
     if rationale is None:
         return f"{SCORE_PREFIX} {int(score)}"
     rationale = rationale.strip()
     if rationale.startswith(REASON_PREFIX):
         rationale = rationale[len(REASON_PREFIX) :].strip()
+    if answer_order == "score_first":
+        return f"{SCORE_PREFIX} {int(score)}\n{REASON_PREFIX} {rationale}"
     return f"{REASON_PREFIX} {rationale}\n{SCORE_PREFIX} {int(score)}"
 
 
@@ -269,6 +278,8 @@ class MllmDrProcessor(ProcessorMixin):
         transcript_truncation_side: ``"right"`` drops the end of a long transcript, ``"left"`` its start.
         system_prompt: The system message (paper Table 1's by default).
         score_min / score_max: Range of one item score (0-3); the prompt, the targets and the parser use it.
+        answer_order: ``"reason_first"`` (paper Table 1: the rationale, then the score) or
+            ``"score_first"`` (the authors' code); the prompt's format line and the targets follow it.
         chat_template: Unused by this processor (the tokenizer's chat template renders the prompt).
     """
 
@@ -293,6 +304,7 @@ class MllmDrProcessor(ProcessorMixin):
         system_prompt: str = DEFAULT_SYSTEM_PROMPT,
         score_min: int = 0,
         score_max: int = 3,
+        answer_order: str = "reason_first",
         chat_template: str | None = None,
         **kwargs: Any,
     ):
@@ -307,6 +319,8 @@ class MllmDrProcessor(ProcessorMixin):
             raise ValueError(f"transcript_truncation_side must be 'left' or 'right', got {transcript_truncation_side!r}")
         if int(max_transcript_tokens) < 1:
             raise ValueError(f"max_transcript_tokens must be >= 1, got {max_transcript_tokens}")
+        if answer_order not in ANSWER_ORDERS:
+            raise ValueError(f"answer_order must be one of {ANSWER_ORDERS}, got {answer_order!r}")
         if not int(score_min) < int(score_max):
             raise ValueError(f"score_min ({score_min}) must be < score_max ({score_max})")
         self.questionnaire = questionnaire
@@ -331,6 +345,7 @@ class MllmDrProcessor(ProcessorMixin):
         self.system_prompt = system_prompt
         self.score_min = int(score_min)
         self.score_max = int(score_max)
+        self.answer_order = answer_order
         self._prompt_cache: dict[tuple, tuple[list[int], list[int]]] = {}
         super().__init__(tokenizer, chat_template=chat_template)
         missing = [t for t in (AUDIO_PLACEHOLDER, VIDEO_PLACEHOLDER) if t not in self.tokenizer.get_vocab()]
@@ -381,7 +396,8 @@ class MllmDrProcessor(ProcessorMixin):
         aspect = self.item(item_index).aspect
         low, high = self.score_min, self.score_max
         if with_rationale:
-            answer_format = f"{REASON_PREFIX} A concise and logical description.\n{SCORE_PREFIX} {low}-{high}"
+            reason, score = f"{REASON_PREFIX} A concise and logical description.", f"{SCORE_PREFIX} {low}-{high}"
+            answer_format = f"{score}\n{reason}" if self.answer_order == "score_first" else f"{reason}\n{score}"
         else:
             answer_format = f"{SCORE_PREFIX} {low}-{high}"
         return (
@@ -453,6 +469,7 @@ class MllmDrProcessor(ProcessorMixin):
         """
         key = (
             item_index, mode, with_rationale, self.system_prompt, self.questionnaire, self.score_min, self.score_max,
+            self.answer_order,
             self.num_audio_tokens, self.num_video_tokens, getattr(self.tokenizer, "chat_template", None), len(self.tokenizer),
         )  # fmt: skip
         cached = self._prompt_cache.get(key)
@@ -522,7 +539,7 @@ class MllmDrProcessor(ProcessorMixin):
         item_index = _integer(item_index, f"{field}: item_index")
         self.item(item_index)
         if rationale is not None and score is None:
-            raise ValueError(f"{field}: a rationale needs a score: the target always ends with the score line")
+            raise ValueError(f"{field}: a rationale needs a score: every target has the score line")
         if with_rationale is None:
             with_rationale = score is None or rationale is not None
         ids, cut = [], 0
@@ -535,7 +552,7 @@ class MllmDrProcessor(ProcessorMixin):
             score = self.check_score(score, f"{field}: score")
             if rationale is not None and (not isinstance(rationale, str) or not rationale.strip()):
                 raise ValueError(f"{field}: the rationale must be a non-empty string, got {rationale!r}")
-            answer = self.encode_text(format_target(score, rationale)) + [self.tokenizer.eos_token_id]
+            answer = self.encode_text(format_target(score, rationale, self.answer_order)) + [self.tokenizer.eos_token_id]
             labels = labels + answer
             prompt = prompt + answer
         return {
@@ -761,6 +778,7 @@ __all__ = [
     "SCORE_PREFIX",
     "apply_frame_policy",
     "format_target",
+    "ANSWER_ORDERS",
     "parse_output",
     "prompt_mode",
     "reduce_frames",

@@ -242,3 +242,24 @@ def test_format_target_round_trips_through_parse():
         text = format_target(score, "Because of X, Y and Z.")
         assert parse_output(text) == (score, "Because of X, Y and Z.")
         assert parse_output(format_target(score)) == (score, "")
+
+
+def test_answer_order_score_first_is_the_authors_and_round_trips(tiny, tmp_path):
+    from processing_mllm_dr import MllmDrProcessor, format_target, parse_output
+
+    _, processor = tiny
+    assert processor.answer_order == "reason_first"
+    first = format_target(2, "Wakes most nights.", "score_first")
+    assert first == "Score: 2\nEvaluation Reason: Wakes most nights."
+    assert parse_output(first) == parse_output(format_target(2, "Wakes most nights.")) == (2, "Wakes most nights.")
+    reason_prompt = processor.instruction(3)
+    processor.answer_order = "score_first"
+    assert processor.instruction(3).index("Score: 0-3") < processor.instruction(3).index("Evaluation Reason:")
+    assert reason_prompt.index("Evaluation Reason:") < reason_prompt.index("Score: 0-3")
+    ids = processor.tokenize("I sleep badly", 3, score=2, rationale="Wakes most nights.")
+    answer = processor.tokenizer.decode([t for t, label in zip(ids["input_ids"], ids["labels"]) if label != -100])
+    assert answer.startswith("Score: 2\nEvaluation Reason: Wakes most nights.")
+    processor.save_pretrained(tmp_path)
+    assert MllmDrProcessor.from_pretrained(tmp_path).answer_order == "score_first"
+    with pytest.raises(ValueError, match="answer_order"):
+        format_target(1, "x", "middle")

@@ -57,6 +57,12 @@ class ModelArguments:
     lora_r: int = field(default=16, metadata={"help": "LoRA rank (stage 2)."})
     lora_alpha: int = field(default=32, metadata={"help": "LoRA alpha (stage 2)."})
     lora_dropout: float = field(default=0.1, metadata={"help": "LoRA dropout (stage 2)."})
+    answer_order: str = field(
+        default="reason_first",
+        metadata={"help": "Stage 2 targets: reason_first (paper Table 1: 'Evaluation Reason: ...' then 'Score: N') "
+                  "or score_first (the authors' code: the score, then the reason).",
+                  "choices": ["reason_first", "score_first"]},
+    )
     load_in_4bit: bool = field(
         default=False,
         metadata={"help": "Stage 2 as QLoRA: the backbone loaded in 4-bit NF4 (bitsandbytes, `pip install "

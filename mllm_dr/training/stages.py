@@ -194,6 +194,7 @@ def build_stage_model(
         window = getattr(model.config.text_config, "max_position_embeddings", None)
         max_transcript_tokens = transcript_budget(window, model_args.preset)
     processor.max_transcript_tokens = max_transcript_tokens
+    processor.answer_order = model_args.answer_order  # saved with the processor: evaluation prompts the same way
     mode = prompt_mode(args.stage, model_args.use_audio, model_args.use_video, model_args.text_only)
     model.requires_grad_(False)
     if args.stage == 1:
