@@ -18,6 +18,7 @@ from processing_mllm_dr import parse_score_permissive
 from .inference import choose_score
 from .io import atomic_open, read_jsonl, write_text_atomic
 from .metrics import compute_phq_metrics
+from .uncertainty import probability_metrics
 
 PREDICTIONS = "predictions.jsonl"
 MANIFEST = "manifest.json"
@@ -190,6 +191,8 @@ def compute_metrics(
                 "mean_absolute_difference": float(np.mean([abs(p["parsed_score"] - p["head_score"]) for p in both])),
                 "exact_agreement_rate": float(np.mean([p["parsed_score"] == round(min(max(p["head_score"], low), high)) for p in both])),
             },
+            # Beside the scores used, never instead of them: the LM's probabilities at the score digit
+            "score_probabilities": None if baseline else probability_metrics(predictions, cutoff, low, high),
         }
     )
     return metrics
@@ -255,7 +258,66 @@ def write_figures(predictions: list[dict[str, Any]], metrics: dict[str, Any], ou
         ax.set(ylabel="MAE (item score)", title="Per-item error")
         ax.tick_params(axis="x", rotation=45)
         save(fig, "per_item_mae.png")
+    calibration = (metrics.get("score_probabilities") or {}).get("calibration")
+    if calibration:
+        files.append(write_reliability_diagram(calibration, out / "reliability_diagram.png"))
     return files
+
+
+def write_reliability_diagram(calibration: Mapping[str, Any], path: Path) -> str:
+    """Accuracy against mean confidence per confidence bin (``uncertainty.calibration``'s), the
+    diagonal for perfect calibration, and the item count per bin below."""
+    plt = _pyplot()
+    bins = [b for b in calibration["bins"] if b["count"]]
+    fig, (ax, counts) = plt.subplots(2, 1, figsize=(4.5, 5.2), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    width = 1.0 / calibration["ece_bins"]
+    ax.plot([0, 1], [0, 1], color="grey", linestyle="--", label="perfect calibration")
+    ax.bar([b["lower"] for b in bins], [b["accuracy"] for b in bins], width=width, align="edge", alpha=0.7,
+           edgecolor="black", label="accuracy of the most likely score")  # fmt: skip
+    ax.scatter([b["confidence"] for b in bins], [b["accuracy"] for b in bins], color="black", s=12, zorder=3,
+               label="(mean confidence, accuracy) per bin")  # fmt: skip
+    ax.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
+           title=f"Item scores: ECE {calibration['ece']:.3f}, Brier {calibration['brier']:.3f}")  # fmt: skip
+    ax.legend(loc="upper left", fontsize=7)
+    counts.bar([b["lower"] for b in bins], [b["count"] for b in bins], width=width, align="edge", color="grey")
+    counts.set(xlabel="confidence (largest score probability)", ylabel="items")
+    return _save_png(fig, path)
+
+
+def probability_lines(section: Mapping[str, Any] | None, cutoff: float) -> list[str]:
+    """The report's account of the score probabilities (``metrics.json``'s ``score_probabilities``)."""
+    if not section:
+        return []
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    calibration = section.get("calibration") or {}
+    interval = section["total_interval"]
+    level = f"{interval['level']:.0%}"
+    lines = [
+        "## Score probabilities",
+        "",
+        "Read from the language model's raw logits at the step where it wrote the score digit (the generated "
+        "rationale as context, no extra generation), over the digits 0-3 of the form it wrote, renormalised. "
+        "They sit beside the scores used above, which stay the paper's.",
+        "",
+        f"- Items with probabilities: {section['n_items_with_probabilities']} of {section['n_items']} "
+        f"({section['n_items_without_probabilities']} without: {section['missing_items']})",
+        f"- Mean probability mass of the four digits before renormalising: {fmt(section['mean_candidate_mass'])}; "
+        f"mean entropy {fmt(section['mean_entropy_bits'])} bits (2 = uniform)",
+    ]
+    if calibration:
+        lines += [
+            f"- Item calibration ({calibration['n_items']} labelled items): expected calibration error "
+            f"{fmt(calibration['ece'])} (top label, {calibration['ece_bins']} equal-width confidence bins), "
+            f"multiclass Brier score {fmt(calibration['brier'])} (0 best, 2 worst), accuracy of the most likely "
+            f"score {fmt(calibration['accuracy'])} at mean confidence {fmt(calibration['mean_confidence'])}",
+        ]
+    lines += [
+        f"- Totals: {section['independence']}. The equal-tailed {level} interval holds the true total for "
+        f"{fmt(interval['coverage'])} of {interval['n_participants']} participants (mean width "
+        f"{fmt(interval['mean_width'])}); Brier score of P(total >= {cutoff:g}): {fmt(section['screen_brier'])}",
+        "",
+    ]
+    return lines
 
 
 def write_item_figure(items: Sequence[Mapping[str, Any]], path: Path, score_range: tuple[int, int] = (0, 3)) -> str:
@@ -345,6 +407,7 @@ def write_report(predictions, metrics, manifest, out: Path, figures: list[str]) 
             f"MAE {fmt(head['mae'])}, F1 {fmt(head['f1'])}.",
             "",
         ]
+    lines += probability_lines(metrics.get("score_probabilities"), metrics["cutoff"])
     lines += left_out_lines(manifest["data"].get("left_out"))
     lines += [f"![{name}]({name})" for name in figures]
     example = next((p for p in predictions if p.get("rationale")), None)

@@ -34,9 +34,10 @@ INDEPENDENCE = (
     "item distributions"
 )
 MISSING_ITEMS = (
-    "an item without probabilities (format failure, or a score digit not emitted as its own token) enters as a "
-    "point mass at the score used (a non-integer head score split between its two neighbouring integers)"
+    "such items (format failures, or a score digit not written as a token of its own) enter the total as a point "
+    "mass at the score used, a non-integer head score split between its two neighbouring integers"
 )
+PROBABILITY_FIELDS = ("score_probabilities", "score_probability_mass", "expected_score", "entropy")
 _AFTER_SCORE = re.compile(r"Score:[ \t]*\Z")
 
 
@@ -101,7 +102,7 @@ def item_fields(probabilities: np.ndarray | None, mass: float | None, low: int =
     """The prediction record's fields: ``score_probabilities`` [p_low..p_high], ``score_probability_mass``,
     ``expected_score`` and ``entropy`` (bits); all None without probabilities."""
     if probabilities is None:
-        return {"score_probabilities": None, "score_probability_mass": None, "expected_score": None, "entropy": None}
+        return dict.fromkeys(PROBABILITY_FIELDS)
     p = np.asarray(probabilities, dtype=float)
     return {
         "score_probabilities": [float(v) for v in p],
@@ -221,7 +222,7 @@ def calibration(probabilities: np.ndarray, labels: np.ndarray, bins: int = ECE_B
         "accuracy": float(correct.mean()),
         "mean_confidence": float(confidence.mean()),
         "bins": [
-            {"lower": float(edges[b]), "upper": float(edges[b + 1]), "count": int(counts[b]),
+            {"lower": round(float(edges[b]), 9), "upper": round(float(edges[b + 1]), 9), "count": int(counts[b]),
              "confidence": float(mean_conf[b]) if filled[b] else None,
              "accuracy": float(mean_acc[b]) if filled[b] else None}
             for b in range(bins)

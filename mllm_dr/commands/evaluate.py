@@ -302,6 +302,10 @@ def _evaluate_into(
         f"P/R/F1 {metrics['precision']:.3f}/{metrics['recall']:.3f}/{metrics['f1']:.3f}  "
         f"format failures {metrics['format_failure_rate'] if metrics['format_failure_rate'] is not None else 'n/a'}"
     )
+    spread = metrics.get("score_probabilities")
+    if spread and spread["calibration"]:
+        print(f"score probabilities: ECE {spread['calibration']['ece']:.3f}  Brier {spread['calibration']['brier']:.3f}  "
+              f"{spread['total_interval']['level']:.0%} interval coverage {spread['total_interval']['coverage'] or 0:.2f}")
     if generated_items:
         print(f"throughput: {metrics['throughput']['items_per_second']:.2f} items/s, "
               f"{(metrics['throughput']['new_tokens_per_second'] or 0):.1f} new tokens/s")

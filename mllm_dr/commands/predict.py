@@ -43,9 +43,11 @@ from ..inference import (
 from ..io import write_text_atomic
 from ..metrics import severity_band_name
 from ..training import package_versions
+from ..uncertainty import INDEPENDENCE, MISSING_ITEMS, PROBABILITY_FIELDS, text_bar, total_summary
 
 SELF_HARM_ITEM = 9
 DISAGREEMENT = 2.0
+LOW_CONFIDENCE = 0.5  # the most likely score's probability below this: flagged
 FIGURE = "prediction_items.png"
 
 
@@ -91,6 +93,11 @@ def item_flags(item: dict[str, Any], questionnaire: str) -> dict[str, str]:
             f"the generated score {item['parsed_score']} and the regression head's {item['head_score']:.2f} differ "
             f"by {DISAGREEMENT:g} or more"
         )
+    probabilities = item.get("score_probabilities")
+    if probabilities is not None and max(probabilities) < LOW_CONFIDENCE:
+        found["low confidence"] = (
+            f"the model's most likely score has probability {max(probabilities):.2f}, under {LOW_CONFIDENCE:g}"
+        )
     if questionnaire == "phq9" and item["item_index"] == SELF_HARM_ITEM and item["score"] > 0:
         found["clinician review"] = "thoughts of death or self-harm are above 0: requires clinician review"
     return found
@@ -119,6 +126,10 @@ def build_report(
         "severity_band": severity_band_name(total),
         "cutoff": cutoff,
         "screen_positive": total >= cutoff,
+        "total_distribution": {
+            **{k: v for k, v in total_summary(items, cutoff).items() if k != "cutoff"},
+            "independence": INDEPENDENCE, "missing_items": MISSING_ITEMS,
+        },  # fmt: skip
         "flags": flags,
     }
 
@@ -147,9 +158,21 @@ def to_markdown(report: dict[str, Any], figure: str | None = None) -> str:
         f"**{'positive' if report['screen_positive'] else 'negative'}**",
         "",
     ]
+    spread = report.get("total_distribution")
+    if spread:
+        lo, hi = spread["interval"]
+        lines += [
+            f"**From the score probabilities:** expected total {spread['expected_total']:.1f}, "
+            f"{spread['interval_level']:.0%} interval {lo}-{hi}, P(total >= {report['cutoff']:g}) "
+            f"{spread['p_at_or_above_cutoff']:.2f} ({spread['independence']}; "
+            f"{spread['items_without_probabilities']} of {spread['items']} items without probabilities: "
+            f"{spread['missing_items']})",
+            "",
+        ]
     if report["flags"]:
         lines += ["## Needs a human", ""] + [f"- {flag}" for flag in report["flags"]] + [""]
-    lines += ["## Items", "", "| # | PHQ item | score | generated | head | rationale |", "|---|---|---|---|---|---|"]
+    lines += ["## Items", "", "| # | PHQ item | score | generated | head | P(0-3) | rationale |",
+              "|---|---|---|---|---|---|---|"]  # fmt: skip
     unparsed = []
     for item in report["items"]:
         head = "n/a" if item["head_score"] is None else f"{item['head_score']:.2f}"
@@ -159,7 +182,9 @@ def to_markdown(report: dict[str, Any], figure: str | None = None) -> str:
             unparsed.append(item)
         else:
             generated, rationale = str(item["parsed_score"]), _cell(item["rationale"] or "")
-        lines.append(f"| {item['item_index']} | {wording} | {item['score']:.2f} | {generated} | {head} | {rationale} |")
+        probabilities = item.get("score_probabilities")
+        bar = "n/a" if probabilities is None else f"`{text_bar(probabilities)}` " + " ".join(f"{p:.2f}" for p in probabilities)
+        lines.append(f"| {item['item_index']} | {wording} | {item['score']:.2f} | {generated} | {head} | {bar} | {rationale} |")
     if figure:
         lines += ["", f"![Per-item scores: generated text, regression head, flags]({figure})"]
     if unparsed:
@@ -235,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
                 {"item_index": r["item_index"], "item_name": r["item_name"],
                  "item_wording": item_wording(processor, r["item_index"]),
                  **{k: r[k] for k in ("score", "parsed_score", "head_score", "fell_back")},
+                 **{k: r.get(k) for k in PROBABILITY_FIELDS},
                  "rationale": None if r["parsed_score"] is None else r["rationale"], "raw_output": r["generated_text"]}
                 for r in records
             ]  # fmt: skip

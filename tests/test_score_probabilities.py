@@ -1,0 +1,229 @@
+"""Issue 16, part 1: score probabilities read at the score digit (no extra generation), the total's
+distribution under independence, calibration and coverage in evaluation, and both reports.
+
+The generated texts are forced token by token (a stand-in for the per-item sampler), so the digit
+sits where a test knows; the probabilities themselves come from the tiny model's raw logits and are
+recomputed here by one plain forward pass over prompt + generated tokens."""
+
+from __future__ import annotations
+
+import itertools
+import json
+
+import numpy as np
+import pytest
+import torch
+from training_fixtures import make_prepared_corpus
+from transformers import LogitsProcessor
+
+from mllm_dr import uncertainty
+from mllm_dr.commands import evaluate as ev
+from mllm_dr.commands import predict
+from mllm_dr.data import MllmDrCollator
+from mllm_dr.inference import GenerationArguments, generate_items, generation
+from mllm_dr.testing import AUDIO_DIM
+
+ANSWERS = [
+    "Evaluation Reason: The participant reports poor sleep.\nScore: 2",  # " 2": the digit with its space
+    "Evaluation Reason: tired most days.\nScore:1",  # "1": the bare digit
+    "I cannot tell from this interview.",  # no score: no probabilities
+]
+
+
+def forcing(tokenizer, answers=ANSWERS):
+    """A PerItemSampler stand-in that makes row i of each batch write ``answers[i % len(answers)]``, then EOS."""
+    scripts = [tokenizer.encode(a, add_special_tokens=False) + [tokenizer.eos_token_id] for a in answers]
+
+    class Forced(LogitsProcessor):
+        def __init__(self, seeds, *args, **kwargs):
+            self.rows = len(seeds)
+            self.start = None
+
+        def __call__(self, input_ids, scores):
+            if self.start is None:
+                self.start = input_ids.shape[1]
+            step = input_ids.shape[1] - self.start
+            forced = torch.full_like(scores, float("-inf"))
+            for row in range(scores.shape[0]):
+                script = scripts[row % len(scripts)]
+                forced[row, script[min(step, len(script) - 1)]] = 0.0
+            return forced
+
+    return Forced
+
+
+@pytest.fixture(scope="module")
+def rows(tmp_path_factory):
+    import datasets
+
+    path = make_prepared_corpus(tmp_path_factory.mktemp("probabilities"), {"train": 1, "dev": 1, "test": 2}, items=(1, 2, 3))
+    return [dict(r) for r in datasets.load_from_disk(str(path))["test"]]
+
+
+def hand_probabilities(model, processor, row, text, prefix):
+    """softmax over the four digits ``prefix + "0".."3"`` of the logits after the generated text up to
+    its last token (the score digit), by one forward pass over prompt + those tokens."""
+    batch = MllmDrCollator(processor, "full", with_rationale=True, padding_side="left", with_targets=False)([row])
+    generated = processor.tokenizer.encode(text, add_special_tokens=False)
+    context = generated[:-1]
+    ids = torch.cat([batch["input_ids"], torch.tensor([context])], dim=1)
+    features = {k: v for k, v in batch.items() if k.startswith(("audio_", "video_"))}
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=torch.ones_like(ids), compute_score=False, **features).logits[0, -1]
+    candidates = [processor.tokenizer.encode(f"{prefix}{d}", add_special_tokens=False)[0] for d in range(4)]
+    full = torch.log_softmax(logits.double(), dim=-1)
+    chosen = full[candidates]
+    return (chosen - chosen.logsumexp(0)).exp().numpy(), float(chosen.logsumexp(0).exp())
+
+
+@pytest.mark.parametrize("prefix_reuse", [True, False])
+def test_probabilities_sum_to_one_and_equal_a_hand_computation(tiny, rows, monkeypatch, prefix_reuse):
+    model, processor = tiny
+    monkeypatch.setattr(generation, "PerItemSampler", forcing(processor.tokenizer))
+    settings = GenerationArguments(max_new_tokens=40, prefix_reuse=prefix_reuse)
+    records, _ = generate_items(model, processor, rows[:3], "full", settings, use_head=False)
+    assert [r["generated_text"] for r in records] == ANSWERS
+    assert [r["parsed_score"] for r in records] == [2, 1, None]
+    for record, prefix in zip(records[:2], (" ", "")):
+        last = processor.tokenizer.encode(record["generated_text"], add_special_tokens=False)[-1]
+        assert processor.tokenizer.decode([last]) == prefix + record["generated_text"][-1]
+        p = np.array(record["score_probabilities"])
+        assert p.shape == (4,) and abs(p.sum() - 1) < 1e-6 and (p > 0).all()
+        expected, mass = hand_probabilities(model, processor, rows[record["item_index"] - 1], record["generated_text"], prefix)
+        np.testing.assert_allclose(p, expected, atol=2e-4)
+        assert record["score_probability_mass"] == pytest.approx(mass, rel=1e-3) and 0 < mass < 1
+        assert record["expected_score"] == pytest.approx(float(p @ np.arange(4)))
+        assert record["entropy"] == pytest.approx(float(-(p * np.log2(p)).sum()))
+    # the two forms really are different candidates (a wrong form would give other numbers)
+    wrong, _ = hand_probabilities(model, processor, rows[0], records[0]["generated_text"], "")
+    assert not np.allclose(records[0]["score_probabilities"], wrong, atol=1e-3)
+    assert all(records[2][k] is None for k in ("score_probabilities", "score_probability_mass", "expected_score", "entropy"))
+
+
+def test_switched_off_no_fields_and_the_same_text(tiny, rows, monkeypatch):
+    model, processor = tiny
+    monkeypatch.setattr(generation, "PerItemSampler", forcing(processor.tokenizer))
+    on, _ = generate_items(model, processor, rows[:3], "full", GenerationArguments(max_new_tokens=40), use_head=False)
+    off, _ = generate_items(
+        model, processor, rows[:3], "full", GenerationArguments(max_new_tokens=40, score_probabilities=False), use_head=False
+    )
+    assert "score_probabilities" not in off[0]
+    assert [r["generated_text"] for r in on] == [r["generated_text"] for r in off]
+
+
+def test_capture_on_known_logits_picks_the_digit_after_the_last_score(tiny):
+    _, processor = tiny
+    tokenizer = processor.tokenizer
+    text = "Score was 3 before.\nScore: 2"
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    vocab = len(tokenizer)
+    rng = np.random.default_rng(0)
+    logits = [torch.tensor(rng.normal(size=(2, vocab)), dtype=torch.float32) for _ in ids]
+    new_tokens = torch.tensor([ids, ids])
+    got = uncertainty.score_probabilities(tokenizer, new_tokens, logits, [2, 3])
+    digits = [tokenizer.encode(f" {d}", add_special_tokens=False)[0] for d in range(4)]
+    step = len(ids) - 1
+    assert ids[step] == digits[2]
+    row = logits[step][0].double().numpy()
+    expected = np.exp(row[digits]) / np.exp(row[digits]).sum()
+    np.testing.assert_allclose(got[0]["score_probabilities"], expected, rtol=1e-5)
+    assert got[0]["score_probability_mass"] == pytest.approx(np.exp(row[digits]).sum() / np.exp(row).sum(), rel=1e-4)
+    assert got[1]["score_probabilities"] is None  # the digit written is not the parsed score: nothing is guessed
+    merged = uncertainty.find_score_step(tokenizer, tokenizer.encode("Score: 23", add_special_tokens=False),
+                                         uncertainty.digit_tokens(tokenizer), 2)  # fmt: skip
+    assert merged is None or tokenizer.decode(tokenizer.encode("Score: 23", add_special_tokens=False)[merged]) == " 2"
+
+
+def test_total_distribution_equals_brute_force_enumeration():
+    rng = np.random.default_rng(1)
+    items = [rng.dirichlet(np.ones(4)) for _ in range(5)]
+    brute = np.zeros(16)
+    for scores in itertools.product(range(4), repeat=5):
+        brute[sum(scores)] += np.prod([p[s] for p, s in zip(items, scores)])
+    np.testing.assert_allclose(uncertainty.total_distribution(items), brute, atol=1e-12)
+    records = [{"score_probabilities": list(p), "score": 0.0} for p in items] + [{"score_probabilities": None, "score": 1.25}]
+    summary = uncertainty.total_summary(records, cutoff=10)
+    with_point = np.convolve(brute, [0, 0.75, 0.25, 0])  # the head's 1.25 split over 1 and 2
+    np.testing.assert_allclose(summary["distribution"], with_point, atol=1e-12)
+    assert summary["items_without_probabilities"] == 1 and summary["items"] == 6
+    assert summary["p_at_or_above_cutoff"] == pytest.approx(with_point[10:].sum())
+    assert summary["expected_total"] == pytest.approx(sum(p @ np.arange(4) for p in items) + 1.25)
+    cdf = np.cumsum(with_point)
+    lo, hi = summary["interval"]
+    assert cdf[lo] >= 0.1 and (lo == 0 or cdf[lo - 1] < 0.1) and cdf[hi] >= 0.9 and cdf[hi - 1] < 0.9
+    assert with_point[lo : hi + 1].sum() >= 0.8
+
+
+def test_interval_of_a_known_distribution():
+    # P(T = 0..4) = .05 .10 .50 .20 .15 (cdf .05 .15 .65 .85 1): the 10% point is 1, the 90% point 4
+    assert uncertainty.equal_tailed_interval(np.array([0.05, 0.10, 0.50, 0.20, 0.15])) == (1, 4)
+    # an upper tail of exactly 10% stays outside: cdf .05 .15 .65 .90 1 gives (1, 3)
+    assert uncertainty.equal_tailed_interval(np.array([0.05, 0.10, 0.50, 0.25, 0.10])) == (1, 3)
+    assert uncertainty.equal_tailed_interval(np.array([0.0, 1.0, 0.0])) == (1, 1)
+
+
+def test_ece_and_brier_against_hand_values():
+    p = np.array([[0.7, 0.1, 0.1, 0.1], [0.15, 0.55, 0.2, 0.1], [0.1, 0.1, 0.2, 0.6], [0.05, 0.05, 0.05, 0.85]])
+    labels = np.array([0, 2, 3, 1])
+    got = uncertainty.calibration(p, labels, bins=10)
+    # confidences .7 .55 .6 .85 fall in bins (.6,.7], (.5,.6], (.5,.6], (.8,.9]; correct: yes, no, yes, no
+    ece = 0.25 * abs(1 - 0.7) + 0.5 * abs(0.5 - (0.55 + 0.6) / 2) + 0.25 * abs(0 - 0.85)
+    brier = np.mean([0.09 + 0.03, 0.0225 + 0.3025 + 0.64 + 0.01, 0.01 + 0.01 + 0.04 + 0.16, 0.0025 + 0.9025 + 0.0025 + 0.7225])
+    assert got["ece"] == pytest.approx(ece) and got["brier"] == pytest.approx(brier)
+    assert got["accuracy"] == 0.5 and [b["count"] for b in got["bins"]] == [0, 0, 0, 0, 0, 2, 1, 0, 1, 0]
+    perfect = uncertainty.calibration(np.eye(4), np.arange(4))
+    assert perfect["ece"] == 0 and perfect["brier"] == 0
+
+
+def test_coverage_counts_the_bounds_as_inside():
+    summaries = [{"interval": [2, 5]}, {"interval": [0, 3]}, {"interval": [7, 9]}, {"interval": [4, 4]}]
+    got = uncertainty.interval_coverage(summaries, [5, 4, 7, 4])
+    assert got["coverage"] == 0.75 and got["mean_width"] == pytest.approx((3 + 3 + 2 + 0) / 4)
+
+
+def test_evaluation_and_prediction_report_the_probabilities(checkpoint, tmp_path, monkeypatch):
+    from mllm_dr.inference import load_model
+
+    corpus = make_prepared_corpus(tmp_path / "corpus", {"train": 2, "dev": 1, "test": 4}, items=(1, 2, 3))
+    tokenizer = load_model(str(checkpoint), device="cpu").processor.tokenizer
+    monkeypatch.setattr(generation, "PerItemSampler", forcing(tokenizer))
+    out = tmp_path / "eval"
+    ev.main(["--model", str(checkpoint), "--data_dir", str(corpus), "--dataset_format", "prepared", "--split", "test",
+             "--output_dir", str(out), "--max_new_tokens", "40", "--batch_size", "4", "--n_bootstrap", "0",
+             "--device", "cpu"])  # fmt: skip
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    with_p = [p for p in predictions if p["score_probabilities"] is not None]
+    assert len(with_p) == 8 and all(p["parsed_score"] is None for p in predictions if p not in with_p)
+    assert all(abs(sum(p["score_probabilities"]) - 1) < 1e-6 for p in with_p)
+    metrics = json.loads((out / "metrics.json").read_text())
+    section = metrics["score_probabilities"]
+    assert section["n_items_with_probabilities"] == 8 and section["n_items_without_probabilities"] == 4
+    labelled = [p for p in with_p]
+    expected = uncertainty.calibration(np.array([p["score_probabilities"] for p in labelled]), np.array([p["label"] for p in labelled]))
+    assert section["calibration"]["ece"] == pytest.approx(expected["ece"])
+    assert section["calibration"]["brier"] == pytest.approx(expected["brier"])
+    assert section["total_interval"]["n_participants"] == 4 and 0 <= section["total_interval"]["coverage"] <= 1
+    assert len(section["participants"]) == 4 and all(p["items_without_probabilities"] == 1 for p in section["participants"])
+    assert metrics["ccc"] is not None  # the paper's metrics are still those of the scores used
+    report = (out / "report.md").read_text()
+    assert "## Score probabilities" in report and "independent" in report and "reliability_diagram.png" in report
+    assert "expected calibration error" in report.lower() and "80% interval" in report
+    assert (out / "reliability_diagram.png").stat().st_size > 1000
+
+    transcript = tmp_path / "900_Transcript.csv"
+    transcript.write_text('Start_Time,End_Time,Text,Confidence\n0.1,2.0,"hello, low every day",0.9\n')
+    audio = tmp_path / "900_HuBERT.npy"
+    np.save(audio, np.random.default_rng(0).standard_normal((9, AUDIO_DIM)).astype(np.float32))
+    report_dir = tmp_path / "predicted"
+    predict.main(["--model", str(checkpoint), "--transcript", str(transcript), "--audio", str(audio),
+                  "--output_dir", str(report_dir), "--max_new_tokens", "40", "--device", "cpu"])  # fmt: skip
+    prediction = json.loads((report_dir / "prediction.json").read_text())
+    items = prediction["items"]
+    assert items[0]["score_probabilities"] is not None and items[2]["score_probabilities"] is None
+    assert {"expected_score", "entropy"} <= set(items[0])
+    totals = prediction["total_distribution"]
+    assert totals["interval"][0] <= totals["interval"][1] and 0 <= totals["p_at_or_above_cutoff"] <= 1
+    assert totals["items_without_probabilities"] == sum(i["score_probabilities"] is None for i in items)
+    markdown = (report_dir / "prediction.md").read_text()
+    assert uncertainty.text_bar(items[0]["score_probabilities"]) in markdown
+    assert "80% interval" in markdown and "P(total >= 10)" in markdown
