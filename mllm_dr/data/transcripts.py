@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 from .report import Broken
@@ -78,5 +79,67 @@ def read_transcript(path: str | os.PathLike) -> str:
         if path.suffix.lower() == ".csv" and "text" in first_line.lower():
             return edaic_transcript(path)
         return plain_text(path)
+    except Broken as error:
+        raise ValueError(str(error)) from None
+
+
+@dataclass(frozen=True)
+class TranscriptLine:
+    """One line of an interview as its file holds it: ``number`` is the line in the file (1-based,
+    the header counted), ``start``/``end`` in seconds where the format has times (E-DAIC, DAIC-WOZ)."""
+
+    number: int
+    text: str
+    start: float | None = None
+    end: float | None = None
+    speaker: str | None = None
+
+
+def _seconds(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None
+
+
+def _timed_lines(path: Path, delimiter: str, quoting: int, names: dict[str, list[str]]) -> list[TranscriptLine]:
+    header, rows = read_rows(path, delimiter=delimiter, quoting=quoting)
+    index = {key: header.index(c) if (c := find_column(header, options)) else None for key, options in names.items()}
+    if index["text"] is None:
+        raise Broken(path, f"no text column (header: {header})")
+    out = []
+    for line, fields in rows:
+        if len(fields) != len(header):
+            raise Broken(path, ragged(line, fields, header))
+        cell = lambda key: None if index[key] is None else fields[index[key]].strip()  # noqa: E731
+        if cell("text"):
+            speaker = cell("speaker")
+            out.append(TranscriptLine(
+                line, cell("text"), *(None if cell(k) is None else _seconds(cell(k)) for k in ("start", "end")),
+                None if speaker is None else DAIC_SPEAKERS.get(speaker.lower(), speaker or "Unknown"),
+            ))  # fmt: skip
+    return out
+
+
+def transcript_lines(path: str | os.PathLike) -> list[TranscriptLine]:
+    """The non-empty lines of a transcript file with their file line numbers and, for E-DAIC
+    (``Start_Time``/``End_Time``) and DAIC-WOZ (``start_time``/``stop_time``, one line per row, not
+    merged by speaker), their times; plain text has numbers only. What evidence quotes link to;
+    :func:`read_transcript` still gives the text the model reads."""
+    path = Path(path)
+    try:
+        first_line = path.read_text(encoding="utf-8-sig").split("\n", 1)[0]
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path}: cannot read the transcript ({error})") from None
+    try:
+        if "\t" in first_line and "speaker" in first_line.lower():
+            names = {"text": ["value"], "start": ["start_time"], "end": ["stop_time"], "speaker": ["speaker"]}
+            return _timed_lines(path, "\t", csv.QUOTE_NONE, names)
+        if path.suffix.lower() == ".csv" and "text" in first_line.lower():
+            names = {"text": ["Text"], "start": ["Start_Time"], "end": ["End_Time", "Stop_Time"], "speaker": []}
+            return _timed_lines(path, ",", csv.QUOTE_MINIMAL, names)
+        plain_text(path)  # a file that is not UTF-8 is named as read_transcript names it
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
+        return [TranscriptLine(n, text.strip()) for n, text in enumerate(lines, 1) if text.strip()]
     except Broken as error:
         raise ValueError(str(error)) from None
