@@ -60,6 +60,28 @@ TEACHER_INSTRUCTION = (
     "{aspect} based on the dialogue content. The output format is as follows: Evaluation Reason: A concise and "
     "logical description. Each output must strictly follow this format, avoiding omissions or confusion."
 )
+# An option, off by default: the same prompt asking for one or two verbatim quotes, so that the
+# rationales carry evidence that mllm_dr.evidence can check against the transcript.
+QUOTE_REQUEST = (
+    " In the reason, quote one or two of the participant's own sentences that support the score, verbatim and "
+    "in double quotes, exactly as they appear in the dialogue."
+)
+
+
+@dataclass(frozen=True)
+class TeacherPrompt:
+    """One teacher prompt: its user-turn instruction (``{label}``, ``{aspect}``) and the
+    ``prompt_version`` stored in every record it produces."""
+
+    instruction: str
+    version: str
+
+
+TEACHER_PROMPTS: dict[str, TeacherPrompt] = {
+    "table1": TeacherPrompt(TEACHER_INSTRUCTION, PROMPT_VERSION),  # the paper's, the default
+    "table1_quotes": TeacherPrompt(TEACHER_INSTRUCTION + QUOTE_REQUEST, "table1-quotes-v1"),
+}
+DEFAULT_TEACHER_PROMPT = "table1"
 DEFAULT_SPLITS = ("train", "dev")
 ROW_FIELDS = ("participant_id", "item_index", "item_name", "transcript", "label", "split")
 LICENCE_NOTICE = (
@@ -80,9 +102,17 @@ def item_aspect(item_index: int) -> str:
     return PHQ9_ITEMS[item_index - 1].aspect
 
 
-def build_messages(row: dict[str, Any]) -> list[dict[str, str]]:
-    """Table 1's prompt: the system turn, then the dialogue followed by the instruction."""
-    instruction = TEACHER_INSTRUCTION.format(label=row["label"], aspect=item_aspect(row["item_index"]))
+def teacher_prompt(name: str) -> TeacherPrompt:
+    """The :data:`TEACHER_PROMPTS` entry called ``name`` (``ValueError`` naming the choices)."""
+    if name not in TEACHER_PROMPTS:
+        raise ValueError(f"unknown teacher prompt {name!r} (choices: {', '.join(TEACHER_PROMPTS)})")
+    return TEACHER_PROMPTS[name]
+
+
+def build_messages(row: dict[str, Any], prompt: str = DEFAULT_TEACHER_PROMPT) -> list[dict[str, str]]:
+    """Table 1's prompt: the system turn, then the dialogue followed by the instruction (``prompt``:
+    a :data:`TEACHER_PROMPTS` name; ``table1_quotes`` also asks for one or two verbatim quotes)."""
+    instruction = teacher_prompt(prompt).instruction.format(label=row["label"], aspect=item_aspect(row["item_index"]))
     return [
         {"role": "system", "content": DEFAULT_SYSTEM_PROMPT},
         {"role": "user", "content": f"{row['transcript'].strip()}\n\n{instruction}"},
@@ -667,8 +697,10 @@ def distill(
     limit: int | None = None,
     progress: bool = True,
     max_consecutive_failures: int = DEFAULT_MAX_CONSECUTIVE_FAILURES,
+    prompt: str = DEFAULT_TEACHER_PROMPT,
 ) -> DistillSummary:
-    """Asks ``teacher`` for a rationale for each row of ``splits`` (None: all) not yet in ``output``.
+    """Asks ``teacher`` for a rationale for each row of ``splits`` (None: all) not yet in ``output``,
+    with the :data:`TEACHER_PROMPTS` entry ``prompt`` (its version goes into every record).
 
     Accepted rationales are appended to ``output`` one by one as they arrive; a reply that breaks
     the format is asked again up to ``format_retries`` times, then recorded (with the reason and
@@ -681,9 +713,11 @@ def distill(
     (``TeacherReply.unreachable``; any answer resets the count; 0: never stop) it raises
     :class:`EndpointUnreachable`.
     """
+    teacher_prompt(prompt)  # an unknown name fails before the lock is taken
     with output_lock(output):
         deduplicate_output(output)
-        return _distill(rows, teacher, output, splits, format_retries, limit, progress, max_consecutive_failures)
+        return _distill(rows, teacher, output, splits, format_retries, limit, progress, max_consecutive_failures,
+                        prompt)  # fmt: skip
 
 
 def _distill(
@@ -695,6 +729,7 @@ def _distill(
     limit: int | None,
     progress: bool,
     max_consecutive_failures: int,
+    prompt: str = DEFAULT_TEACHER_PROMPT,
 ) -> DistillSummary:
     """:func:`distill`'s loop, under the output's lock."""
     from tqdm.auto import tqdm
@@ -705,7 +740,7 @@ def _distill(
     if limit is not None:
         todo = todo[:limit]
     bar = tqdm(total=len(todo), desc=f"rationales ({teacher.name})", unit="item", disable=not progress)
-    run = _Run(teacher, writer, summary, bar, Path(output), format_retries, max_consecutive_failures)
+    run = _Run(teacher, writer, summary, bar, Path(output), format_retries, max_consecutive_failures, prompt)
     try:
         for start in range(0, len(todo), teacher.batch_size):
             run.batch(todo[start : start + teacher.batch_size])
@@ -760,6 +795,7 @@ class _Run:
     output: Path
     format_retries: int
     max_consecutive_failures: int
+    prompt: str = DEFAULT_TEACHER_PROMPT
     unreachable: int = 0
 
     def batch(self, rows: list[dict[str, Any]]) -> None:
@@ -774,7 +810,7 @@ class _Run:
             if not pending:
                 break
             retry = []
-            for index, reply in self.teacher.generate([build_messages(row) for row in pending], attempt):
+            for index, reply in self.teacher.generate([build_messages(row, self.prompt) for row in pending], attempt):
                 row = pending[index]
                 if reply.error is not None:
                     self.fail(row, reply.error, attempts=attempt + 1)
@@ -803,7 +839,7 @@ class _Run:
             label=row["label"],
             rationale=rationale,
             teacher=self.teacher.name,
-            prompt_version=PROMPT_VERSION,
+            prompt_version=teacher_prompt(self.prompt).version,
         )
         if self.writer.write(record):
             self.summary.written += 1
@@ -819,7 +855,7 @@ class _Run:
             item_name=row["item_name"],
             split=row["split"],
             teacher=self.teacher.name,
-            prompt_version=PROMPT_VERSION,
+            prompt_version=teacher_prompt(self.prompt).version,
             time=datetime.now(timezone.utc).isoformat(),
             **extra,
         )
@@ -845,17 +881,21 @@ class _Run:
 __all__ = [
     "DEFAULT_MAX_CONSECUTIVE_FAILURES",
     "DEFAULT_SPLITS",
+    "DEFAULT_TEACHER_PROMPT",
     "DistillSummary",
     "EndpointUnreachable",
     "LICENCE_NOTICE",
     "LocalTeacher",
     "OpenAICompatibleTeacher",
     "PROMPT_VERSION",
+    "QUOTE_REQUEST",
     "RemoteEndpointRefused",
     "ReplyFormatError",
     "RequestDeadlineExceeded",
     "TEACHER_INSTRUCTION",
+    "TEACHER_PROMPTS",
     "Teacher",
+    "TeacherPrompt",
     "TeacherReply",
     "build_messages",
     "check_endpoint_allowed",
@@ -866,5 +906,6 @@ __all__ = [
     "output_lock_folder",
     "parse_reply",
     "remote_warning",
+    "teacher_prompt",
     "validate_row",
 ]

@@ -27,7 +27,9 @@ from ..data import SPLITS, CorpusArguments, failures_path, load_splits
 from ..distillation import (
     DEFAULT_MAX_CONSECUTIVE_FAILURES,
     DEFAULT_SPLITS,
+    DEFAULT_TEACHER_PROMPT,
     LICENCE_NOTICE,
+    TEACHER_PROMPTS,
     EndpointUnreachable,
     LocalTeacher,
     OpenAICompatibleTeacher,
@@ -56,6 +58,12 @@ class DistillArguments:
     )
     limit: int | None = field(default=None, metadata={"help": "At most this many new items (a smoke run)."})
     progress: bool = field(default=True, metadata={"help": "Show a progress bar (--no_progress: none)."})
+    teacher_prompt: str = field(
+        default=DEFAULT_TEACHER_PROMPT,
+        metadata={"help": "Teacher prompt: table1 (the paper's Table 1) or table1_quotes (the same, asking for one or "
+                          "two verbatim quotes of the participant in double quotes; prompt_version table1-quotes-v1).",
+                  "choices": list(TEACHER_PROMPTS)},
+    )
 
 
 @dataclass
@@ -183,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
             limit=args.limit,
             progress=args.progress,
             max_consecutive_failures=teacher_args.max_consecutive_failures,
+            prompt=args.teacher_prompt,
         )
     except FolderInUse as error:  # another run writes this file: nothing was asked or written
         raise SystemExit(f"error: {error}") from None
