@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .report import Broken
 from .tables import find_column, ragged, read_rows
@@ -64,23 +66,35 @@ def plain_text(path: Path) -> str:
         raise Broken(path, f"not UTF-8 text ({error})") from None
 
 
-def read_transcript(path: str | os.PathLike) -> str:
-    """One interview's transcript as the text the model reads, whatever its format: an E-DAIC
-    ``<ID>_Transcript.csv`` (``Start_Time,End_Time,Text,Confidence``), a DAIC-WOZ ``<ID>_TRANSCRIPT.csv``
-    (tab-separated with speakers), or plain UTF-8 text (CMDC ``Q<n>.txt``, anything else)."""
-    path = Path(path)
+def transcript_format(path: Path) -> str:
+    """``daic`` (tab-separated with a speaker column), ``edaic`` (a CSV with a text column) or
+    ``plain``, from the file's first line and suffix; ``ValueError`` when it cannot be read."""
     try:
         first_line = path.read_text(encoding="utf-8-sig").split("\n", 1)[0]
     except (OSError, UnicodeDecodeError) as error:
         raise ValueError(f"{path}: cannot read the transcript ({error})") from None
+    if "\t" in first_line and "speaker" in first_line.lower():
+        return "daic"
+    if path.suffix.lower() == ".csv" and "text" in first_line.lower():
+        return "edaic"
+    return "plain"
+
+
+def _read_as(path: str | os.PathLike, readers: dict[str, Callable[[Path], Any]]) -> Any:
+    """``readers[format](path)``, a broken file's problem as one ``ValueError``."""
+    path = Path(path)
+    reader = readers[transcript_format(path)]
     try:
-        if "\t" in first_line and "speaker" in first_line.lower():
-            return daic_transcript(path)
-        if path.suffix.lower() == ".csv" and "text" in first_line.lower():
-            return edaic_transcript(path)
-        return plain_text(path)
+        return reader(path)
     except Broken as error:
         raise ValueError(str(error)) from None
+
+
+def read_transcript(path: str | os.PathLike) -> str:
+    """One interview's transcript as the text the model reads, whatever its format: an E-DAIC
+    ``<ID>_Transcript.csv`` (``Start_Time,End_Time,Text,Confidence``), a DAIC-WOZ ``<ID>_TRANSCRIPT.csv``
+    (tab-separated with speakers), or plain UTF-8 text (CMDC ``Q<n>.txt``, anything else)."""
+    return _read_as(path, {"daic": daic_transcript, "edaic": edaic_transcript, "plain": plain_text})
 
 
 @dataclass(frozen=True)
@@ -121,25 +135,23 @@ def _timed_lines(path: Path, delimiter: str, quoting: int, names: dict[str, list
     return out
 
 
+def _plain_lines(path: Path) -> list[TranscriptLine]:
+    lines = path.read_text(encoding="utf-8-sig").splitlines()
+    return [TranscriptLine(n, text.strip()) for n, text in enumerate(lines, 1) if text.strip()]
+
+
+LINE_READERS: dict[str, Callable[[Path], list[TranscriptLine]]] = {
+    "daic": lambda path: _timed_lines(path, "\t", csv.QUOTE_NONE, {"text": ["value"], "start": ["start_time"],
+                                                                    "end": ["stop_time"], "speaker": ["speaker"]}),
+    "edaic": lambda path: _timed_lines(path, ",", csv.QUOTE_MINIMAL, {"text": ["Text"], "start": ["Start_Time"],
+                                                                      "end": ["End_Time", "Stop_Time"], "speaker": []}),
+    "plain": _plain_lines,
+}  # fmt: skip
+
+
 def transcript_lines(path: str | os.PathLike) -> list[TranscriptLine]:
     """The non-empty lines of a transcript file with their file line numbers and, for E-DAIC
     (``Start_Time``/``End_Time``) and DAIC-WOZ (``start_time``/``stop_time``, one line per row, not
     merged by speaker), their times; plain text has numbers only. What evidence quotes link to;
     :func:`read_transcript` still gives the text the model reads."""
-    path = Path(path)
-    try:
-        first_line = path.read_text(encoding="utf-8-sig").split("\n", 1)[0]
-    except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path}: cannot read the transcript ({error})") from None
-    try:
-        if "\t" in first_line and "speaker" in first_line.lower():
-            names = {"text": ["value"], "start": ["start_time"], "end": ["stop_time"], "speaker": ["speaker"]}
-            return _timed_lines(path, "\t", csv.QUOTE_NONE, names)
-        if path.suffix.lower() == ".csv" and "text" in first_line.lower():
-            names = {"text": ["Text"], "start": ["Start_Time"], "end": ["End_Time", "Stop_Time"], "speaker": []}
-            return _timed_lines(path, ",", csv.QUOTE_MINIMAL, names)
-        plain_text(path)  # a file that is not UTF-8 is named as read_transcript names it
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-        return [TranscriptLine(n, text.strip()) for n, text in enumerate(lines, 1) if text.strip()]
-    except Broken as error:
-        raise ValueError(str(error)) from None
+    return _read_as(path, LINE_READERS)
