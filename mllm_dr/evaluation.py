@@ -15,6 +15,7 @@ import numpy as np
 
 from processing_mllm_dr import parse_score_permissive
 
+from .evidence import evidence_lines, mark_quotes
 from .inference import choose_score
 from .io import atomic_open, read_jsonl, write_text_atomic
 from .metrics import compute_phq_metrics
@@ -409,8 +410,10 @@ def write_report(predictions, metrics, manifest, out: Path, figures: list[str]) 
         ]
     lines += probability_lines(metrics.get("score_probabilities"), metrics["cutoff"])
     lines += left_out_lines(manifest["data"].get("left_out"))
+    lines += evidence_lines(metrics.get("evidence"))
     lines += [f"![{name}]({name})" for name in figures]
-    example = next((p for p in predictions if p.get("rationale")), None)
+    example = next((p for p in predictions if p.get("quotes")), None)  # one that quotes the interview, if any
+    example = example or next((p for p in predictions if p.get("rationale")), None)
     if example is not None:
         lines += [
             "",
@@ -420,7 +423,7 @@ def write_report(predictions, metrics, manifest, out: Path, figures: list[str]) 
             f"score {example['score']:g} (generated {fmt(example['parsed_score'])}, head {fmt(example['head_score'])}, "
             f"true {fmt(example['label'])})",
             "",
-            f"> {example['rationale']}",
+            f"> {mark_quotes(example['rationale'], example.get('quotes') or [])}",
             "",
             "This report contains text generated from licensed interview data: keep it local.",
         ]

@@ -40,6 +40,7 @@ from ..evaluation import (
     write_figures,
     write_report,
 )
+from ..evidence import attach_quotes, evidence_summary, interview_texts
 from ..inference import (
     GenerationArguments,
     ModelLoadArguments,
@@ -278,6 +279,7 @@ def _evaluate_into(
         raise SystemExit(f"error: {error}") from None
     order = {(str(r["participant_id"]), int(r["item_index"])): i for i, r in enumerate(rows)}
     predictions.sort(key=lambda p: order.get((p["participant_id"], p["item_index"]), len(order)))
+    attach_quotes(predictions, interview_texts(rows))  # each rationale's quotes, looked up in its interview
     try:
         metrics = compute_metrics(
             predictions, cutoff=args.cutoff, seed=generation.seed, n_bootstrap=args.n_bootstrap,
@@ -294,6 +296,7 @@ def _evaluate_into(
         "device": str(model_args.device),
     }
     metrics["left_out"] = left_out
+    metrics["evidence"] = None if args.train_mean else evidence_summary(predictions)
     write_json_atomic(out / METRICS, metrics)
     figures = write_figures(predictions, metrics, out, args.cutoff)
     write_report(predictions, metrics, manifest, out, figures)
@@ -309,6 +312,9 @@ def _evaluate_into(
     if generated_items:
         print(f"throughput: {metrics['throughput']['items_per_second']:.2f} items/s, "
               f"{(metrics['throughput']['new_tokens_per_second'] or 0):.1f} new tokens/s")
+    if metrics["evidence"] and metrics["evidence"]["quotes"]:
+        print(f"evidence quotes: {metrics['evidence']['found']} of {metrics['evidence']['quotes']} found in the "
+              f"transcripts; {metrics['evidence']['with_quote']} of {metrics['evidence']['rationales']} rationales quote")
     print(f"report: {out / REPORT}")
     return 0
 

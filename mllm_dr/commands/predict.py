@@ -13,7 +13,9 @@ Writes ``prediction.json`` (the items with their PHQ wording; an item whose gene
 format has ``rationale`` null and its text in ``raw_output``; the model's path, kind and fingerprint,
 every generation setting, the cut-off, package versions and the date), ``prediction.md`` (unparsed
 output in its own labelled blocks, never as a rationale) and ``prediction_items.png`` (text score,
-head score and flags per item).
+head score and flags per item). Each item's ``quotes`` are the rationale's quoted spans looked up in
+the transcript (``mllm_dr.evidence``: found or not, the closest line and its time); the Markdown marks
+them in the rationale and a quote that is not in the interview is flagged.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ from transformers import HfArgumentParser
 from processing_mllm_dr import prompt_mode
 
 from ..data import feature_shape, read_transcript
+from ..data.transcripts import transcript_lines
 from ..evaluation import DISCLAIMER, write_item_figure
+from ..evidence import Transcript, mark_quotes, unfounded_sentence
 from ..inference import (
     GenerationArguments,
     ModelLoadArguments,
@@ -100,6 +104,9 @@ def item_flags(item: dict[str, Any], questionnaire: str) -> dict[str, str]:
         )
     if questionnaire == "phq9" and item["item_index"] == SELF_HARM_ITEM and item["score"] > 0:
         found["clinician review"] = "thoughts of death or self-harm are above 0: requires clinician review"
+    unfounded = [q for q in item.get("quotes") or [] if not q["found"]]
+    if unfounded:
+        found["unfounded quote"] = "; ".join(unfounded_sentence(q) for q in unfounded)
     return found
 
 
@@ -181,7 +188,8 @@ def to_markdown(report: dict[str, Any], figure: str | None = None) -> str:
             generated, rationale = "unparsed", "*unparsed output, shown below: not a rationale*"
             unparsed.append(item)
         else:
-            generated, rationale = str(item["parsed_score"]), _cell(item["rationale"] or "")
+            generated = str(item["parsed_score"])
+            rationale = _cell(mark_quotes(item["rationale"] or "", item.get("quotes") or []))
         probabilities = item.get("score_probabilities")
         bar = "n/a" if probabilities is None else f"`{text_bar(probabilities)}` " + " ".join(f"{p:.2f}" for p in probabilities)
         lines.append(f"| {item['item_index']} | {wording} | {item['score']:.2f} | {generated} | {head} | {bar} | {rationale} |")
@@ -221,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--transcript {transcript_path}: no such file")
     try:
         transcript = read_transcript(transcript_path)
+        evidence = Transcript(transcript_lines(transcript_path))  # what quotes link to: file lines, times
     except ValueError as error:
         raise SystemExit(str(error)) from None
     if not transcript.strip():
@@ -266,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             ]  # fmt: skip
     except ValueError as error:  # broken features (NaN, wrong width), named by the reader or the processor
         raise SystemExit(f"error: {error}") from None
+    for item in items:
+        item["quotes"] = [quote.to_dict() for quote in evidence.quotes(item["rationale"])]
     report = {**build_report(items, args.cutoff, processor.questionnaire, missing, participant),
               **provenance(loaded, model_args, generation)}  # fmt: skip
     output_dir = Path(args.output_dir)
