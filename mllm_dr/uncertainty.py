@@ -5,7 +5,11 @@ the score (``Score: <d>``), read from the raw logits of that generation step: th
 rationale is the context and nothing extra is generated. Only the digits of the form the model
 emitted (``"2"`` or ``" 2"``, whichever the tokenizer produced) compete; they are renormalised to
 sum to 1, and the probability mass they had before (``score_probability_mass``) is kept beside
-them. Where the text broke the format (no strict score) there are no probabilities.
+them. Where the text broke the format (no strict score) there are no probabilities. The logits are
+the model's own (temperature 1, before top-k/top-p), whatever the sampling settings. With
+``--answer_order score_first`` the digit comes before the rationale, so only the prompt is its context.
+Keeping each step's logits costs ``steps x batch x vocab`` floats during ``generate``
+(``--no_score_probabilities`` turns it off).
 
 Per participant, the distribution of the total is the convolution of the item distributions:
 **items are assumed independent given the interview**. An item without probabilities enters as a
