@@ -17,6 +17,7 @@ from processing_mllm_dr import parse_score_permissive
 
 from .evidence import evidence_lines, mark_quotes
 from .inference import choose_score
+from .inference.attribution import attribution_lines, mean_absolute_attribution
 from .io import atomic_open, read_jsonl, write_text_atomic
 from .metrics import compute_phq_metrics
 from .uncertainty import probability_metrics
@@ -194,6 +195,8 @@ def compute_metrics(
             },
             # Beside the scores used, never instead of them: the LM's probabilities at the score digit
             "score_probabilities": None if baseline else probability_metrics(predictions, cutoff, low, high),
+            # --modality_attribution: per item, the mean |change| of the expected score per withheld modality
+            "modality_attribution": None if baseline else mean_absolute_attribution(predictions),
         }
     )
     return metrics
@@ -409,6 +412,7 @@ def write_report(predictions, metrics, manifest, out: Path, figures: list[str]) 
             "",
         ]
     lines += probability_lines(metrics.get("score_probabilities"), metrics["cutoff"])
+    lines += attribution_lines(metrics.get("modality_attribution"))
     lines += left_out_lines(manifest["data"].get("left_out"))
     lines += evidence_lines(metrics.get("evidence"))
     lines += [f"![{name}]({name})" for name in figures]

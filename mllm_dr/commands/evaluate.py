@@ -204,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": generation.seed,
         "score_source": generation.score_source,
         "unparsed_score": generation.unparsed_score,
+        **({"modality_attribution": True} if generation.modality_attribution else {}),
         "mode": mode,
         "max_transcript_tokens": None if processor is None else processor.max_transcript_tokens,
         "questionnaire": questionnaire,

@@ -44,9 +44,10 @@ from ..inference import (
     head_is_trained,
     load_model,
 )
+from ..inference.attribution import describe_attribution
 from ..io import write_text_atomic
 from ..metrics import severity_band_name
-from ..training import package_versions
+from ..provenance import package_versions
 from ..uncertainty import INDEPENDENCE, MISSING_ITEMS, PROBABILITY_FIELDS, text_bar, total_summary
 
 SELF_HARM_ITEM = 9
@@ -192,6 +193,8 @@ def to_markdown(report: dict[str, Any], figure: str | None = None) -> str:
             rationale = _cell(mark_quotes(item["rationale"] or "", item.get("quotes") or []))
         probabilities = item.get("score_probabilities")
         bar = "n/a" if probabilities is None else f"`{text_bar(probabilities)}` " + " ".join(f"{p:.2f}" for p in probabilities)
+        if "attribution" in item:  # --modality_attribution: what each modality moved
+            rationale += f" *(withheld: {describe_attribution(item['attribution'])})*"
         lines.append(f"| {item['item_index']} | {wording} | {item['score']:.2f} | {generated} | {head} | {bar} | {rationale} |")
     if figure:
         lines += ["", f"![Per-item scores: generated text, regression head, flags]({figure})"]

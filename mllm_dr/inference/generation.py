@@ -19,6 +19,7 @@ from processing_mllm_dr import MllmDrProcessor
 
 from ..data import MllmDrCollator, feature_key
 from ..uncertainty import score_probabilities
+from .attribution import modality_attribution
 
 SCORE_SOURCES = ("generated", "head", "generated_with_head_fallback")
 
@@ -56,6 +57,12 @@ class GenerationArguments:
         metadata={"help": "Record each item's probabilities of the scores, read from the raw logits at the step "
                   "where the score digit was written (no extra generation; --no_score_probabilities: off, "
                   "and the per-step logits are not kept)."},
+    )
+    modality_attribution: bool = field(
+        default=False,
+        metadata={"help": "Per item, how much the audio, the video and both moved the expected score and the head's "
+                  "score: the prompt and the answer up to the score digit run again with that modality withheld "
+                  "through the missing-modality path (3 extra forwards per batch, no generation)."},
     )
     unparsed_score: float = field(
         default=0.0,
@@ -256,6 +263,9 @@ def generate_items(
         )
     else:
         probabilities = [{} for _ in texts]
+    attributions = [None] * len(texts)
+    if settings.modality_attribution:
+        attributions = modality_attribution(model, processor, batch, new_tokens, [p for p, _ in parsed_all], use_head)
     records = []
     for i, (row, text) in enumerate(zip(rows, texts)):
         parsed, rationale = parsed_all[i]
@@ -274,6 +284,7 @@ def generate_items(
                 "head_score": head,
                 "score": score,
                 **probabilities[i],
+                **({"attribution": attributions[i]} if settings.modality_attribution else {}),
                 "label": row.get("label"),
                 "fell_back": fell_back,
                 "total": row.get("total"),
