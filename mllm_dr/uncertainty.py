@@ -116,21 +116,31 @@ def item_fields(probabilities: np.ndarray | None, mass: float | None, low: int =
     }
 
 
-def score_probabilities(
-    tokenizer, new_tokens: torch.Tensor, logits: Sequence[torch.Tensor], parsed: Sequence[int | None],
-    low: int = 0, high: int = 3,
-) -> list[dict[str, Any]]:  # fmt: skip
-    """:func:`item_fields` for each generated row: ``new_tokens`` ``(rows, steps)``, ``logits`` the raw
-    logits of each step (``generate(output_logits=True)``), ``parsed`` the strict scores."""
+def score_steps(
+    tokenizer, new_tokens: torch.Tensor, parsed: Sequence[int | None], low: int = 0, high: int = 3
+) -> list[tuple[int, int, tuple[int, ...]]]:
+    """``(row, step, candidate ids)`` of each generated row whose score digit was found
+    (:func:`find_score_step`): read once per batch by the probabilities and the attribution."""
     digits = digit_tokens(tokenizer, low, high)
     ids = new_tokens.tolist()
-    found = []  # (row, step, candidate ids)
+    found = []
     for row, score in enumerate(parsed):
         if score is None or not digits.forms:
             continue
         step = find_score_step(tokenizer, ids[row], digits, int(score))
         if step is not None:
             found.append((row, step, digits.forms[digits.lookup[ids[row][step]]]))
+    return found
+
+
+def score_probabilities(
+    tokenizer, new_tokens: torch.Tensor, logits: Sequence[torch.Tensor], parsed: Sequence[int | None],
+    low: int = 0, high: int = 3, steps: Sequence[tuple[int, int, tuple[int, ...]]] | None = None,
+) -> list[dict[str, Any]]:  # fmt: skip
+    """:func:`item_fields` for each generated row: ``new_tokens`` ``(rows, steps)``, ``logits`` the raw
+    logits of each step (``generate(output_logits=True)``), ``parsed`` the strict scores; ``steps``
+    :func:`score_steps`' result when the caller has it."""
+    found = score_steps(tokenizer, new_tokens, parsed, low, high) if steps is None else steps
     out = [item_fields(None, None, low) for _ in parsed]
     if found:
         rows = torch.stack([logits[step][row] for row, step, _ in found])

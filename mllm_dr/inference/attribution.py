@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from ..uncertainty import digit_distribution, digit_tokens, find_score_step
+from ..uncertainty import digit_distribution
 
 CONDITIONS = {"audio": ("audio",), "video": ("video",), "both": ("audio", "video")}
 
@@ -47,29 +47,22 @@ def modality_attribution(
     processor,
     batch: Mapping[str, torch.Tensor],
     new_tokens: torch.Tensor,
-    parsed: Sequence[int | None],
+    steps: Sequence[tuple[int, int, tuple[int, ...]]],
     use_head: bool,
 ) -> list[dict[str, Any] | None]:
     """Per row: ``{"with_all": {"expected": e, "head": h}, "audio"|"video"|"both": {"expected": d,
     "head": d}}`` (e, h: with every modality; d = with - without; the head's only for a trained head), or None
     where the score digit was not found or the prompt uses neither modality. ``batch`` is the
-    collated left-padded prompts the rows were generated from; ``new_tokens`` their generated ids."""
+    collated left-padded prompts the rows were generated from; ``new_tokens`` their generated ids;
+    ``steps`` where each row wrote its score digit (:func:`mllm_dr.uncertainty.score_steps`)."""
     present = [m for m in ("audio", "video") if f"{m}_mask" in batch]
     conditions = {name: mods for name, mods in CONDITIONS.items() if set(mods) <= set(present)}
-    result: list[dict[str, Any] | None] = [None] * len(parsed)
-    if not conditions:
+    result: list[dict[str, Any] | None] = [None] * len(new_tokens)
+    found = list(steps)
+    if not conditions or not found:
         return result
     tokenizer = processor.tokenizer
-    digits = digit_tokens(tokenizer, processor.score_min, processor.score_max)
     ids, mask = batch["input_ids"], batch["attention_mask"].bool()
-    generated = new_tokens.tolist()
-    found = []  # (row, step, candidate ids)
-    for row, score in enumerate(parsed):
-        step = None if score is None else find_score_step(tokenizer, generated[row], digits, int(score))
-        if step is not None:
-            found.append((row, step, digits.forms[digits.lookup[generated[row][step]]]))
-    if not found:
-        return result
     # Each row's real prompt, then its answer up to (not including) the digit; left-padded, so the
     # last position predicts the digit. The head pools the prompt only (prompt_mask).
     sequences = [torch.cat([ids[row][mask[row]], new_tokens[row, :step]]) for row, step, _ in found]

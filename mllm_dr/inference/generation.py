@@ -18,7 +18,7 @@ from modeling_mllm_dr import PAPER_SAMPLING
 from processing_mllm_dr import MllmDrProcessor
 
 from ..data import MllmDrCollator, feature_key
-from ..uncertainty import score_probabilities
+from ..uncertainty import score_probabilities, score_steps
 from .attribution import modality_attribution
 
 SCORE_SOURCES = ("generated", "head", "generated_with_head_fallback")
@@ -257,15 +257,19 @@ def generate_items(
     counted = int(sum(int((row != eos).sum()) + int((row == eos).any()) for row in new_tokens.cpu()))
     use_head = use_head and out.head_score is not None
     parsed_all = [processor.parse_output(text) for text in texts]
+    steps = None
+    if settings.score_probabilities or settings.modality_attribution:  # where each row wrote its score digit
+        steps = score_steps(tokenizer, new_tokens, [p for p, _ in parsed_all], processor.score_min, processor.score_max)
     if settings.score_probabilities and out.logits is not None:
         probabilities = score_probabilities(
-            tokenizer, new_tokens, out.logits, [p for p, _ in parsed_all], processor.score_min, processor.score_max
+            tokenizer, new_tokens, out.logits, [p for p, _ in parsed_all], processor.score_min, processor.score_max,
+            steps=steps,
         )
     else:
         probabilities = [{} for _ in texts]
     attributions = [None] * len(texts)
     if settings.modality_attribution:
-        attributions = modality_attribution(model, processor, batch, new_tokens, [p for p, _ in parsed_all], use_head)
+        attributions = modality_attribution(model, processor, batch, new_tokens, steps, use_head)
     records = []
     for i, (row, text) in enumerate(zip(rows, texts)):
         parsed, rationale = parsed_all[i]
