@@ -186,6 +186,12 @@ def read_adapter_manifest(directory: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
+def one_line(error: BaseException) -> str:
+    """``Type: first line of the message``: a Hub client's error without its traceback or detail."""
+    text = (str(error).strip().splitlines() or [""])[0]
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
 def resolve_model_folder(path_or_repo: str | Path, revision: str | None = None) -> Path:
     """A local folder as it is; otherwise a Hub repo id, downloaded (or taken from the cache) with
     ``huggingface_hub.snapshot_download``."""
@@ -199,10 +205,7 @@ def resolve_model_folder(path_or_repo: str | Path, revision: str | None = None) 
     try:
         return Path(snapshot_download(str(path_or_repo), revision=revision))
     except Exception as error:  # offline, unknown repo, no access: one line instead of the client's traceback
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        raise ValueError(
-            f"{path_or_repo}: not a local folder, and the Hub repo could not be fetched ({type(error).__name__}: {first_line})"
-        ) from None
+        raise ValueError(f"{path_or_repo}: not a local folder, and the Hub repo could not be fetched ({one_line(error)})") from None
 
 
 def load_adapter_export(

@@ -23,12 +23,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .backbones import MARKER as BACKBONE_MARKER  # written by mllm-dr-prepare-backbone
 from .cards import KINDS, PLACEHOLDER, build_card, check_card, is_hub_id, read_evaluation
-from .checkpoints import ADAPTER_MANIFEST, MODEL_FILES, is_adapter_export
+from .checkpoints import ADAPTER_MANIFEST, MODEL_FILES, is_adapter_export, one_line
 from .io import write_json_atomic, write_text_atomic
 
 RUN_MANIFEST = "run_manifest.json"
-BACKBONE_MARKER = "mllm_dr_backbone.json"  # written by mllm-dr-prepare-backbone (mllm_dr.backbones)
 # What a Hub folder may hold; everything else in an export is left out (and listed).
 MODEL_PATTERNS = (
     "config.json", "generation_config.json", "*.safetensors", "*.safetensors.index.json",
@@ -73,10 +73,11 @@ class PublishArguments:
     )
 
 
-def _recorded(backbone: str | None, key: str) -> Any:
-    """``key`` of a prepared backbone folder's ``mllm_dr_backbone.json`` (None when absent)."""
+def _recorded(backbone: str | None, key: str, file: str = BACKBONE_MARKER) -> Any:
+    """``key`` of a JSON file in a backbone folder (its ``mllm_dr_backbone.json`` by default); None
+    when the folder, the file or the key is absent."""
     try:
-        return json.loads((Path(str(backbone)) / BACKBONE_MARKER).read_text()).get(key)
+        return json.loads((Path(str(backbone)) / file).read_text()).get(key)
     except (OSError, ValueError, AttributeError, TypeError):
         return None
 
@@ -89,17 +90,10 @@ def backbone_hub_id(backbone: str | None) -> str | None:
         return None
     if is_hub_id(backbone):
         return backbone
-    for value in (_recorded(backbone, "hub_id"), _config_name(backbone)):
+    for value in (_recorded(backbone, "hub_id"), _recorded(backbone, "_name_or_path", "config.json")):
         if is_hub_id(value):
             return value
     return None
-
-
-def _config_name(backbone: str) -> str | None:
-    try:
-        return json.loads((Path(backbone) / "config.json").read_text()).get("_name_or_path")
-    except (OSError, ValueError, AttributeError):
-        return None
 
 
 def backbone_lineage(backbone: str | None) -> str | None:
@@ -266,11 +260,6 @@ def _clear_local_names(config_file: Path, base_model_id: str | None) -> None:
         write_json_atomic(config_file, cleared)
 
 
-def _one_line(error: BaseException) -> str:
-    text = (str(error).strip().splitlines() or [""])[0]
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
 def upload(
     folder: str | Path, repo_id: str, *, private: bool = True, token: str | None = None, commit_message: str | None = None
 ) -> str:
@@ -286,7 +275,7 @@ def upload(
             repo_id=repo_id, folder_path=str(folder), repo_type="model", commit_message=commit_message or "MLlm-DR export",
         )  # fmt: skip
     except Exception as error:  # httpx / huggingface_hub errors, offline mode: one line, not the client's traceback
-        raise PublishError(f"could not publish to {repo_id} on {api.endpoint} ({_one_line(error)})") from None
+        raise PublishError(f"could not publish to {repo_id} on {api.endpoint} ({one_line(error)})") from None
     return str(info.commit_url if hasattr(info, "commit_url") else info)
 
 
