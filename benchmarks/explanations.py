@@ -57,10 +57,15 @@ def main() -> None:
     explained = evaluate(args.run, explained_dir, ["--modality_attribution"])
     metrics = json.loads((explained_dir / "metrics.json").read_text())
     attribution = metrics.get("modality_attribution") or {}
-    by_group = {
-        group: {m: sum(attribution.get(str(i), {}).get(m, 0.0) for i in items) / len(items) for m in ("audio", "video")}
-        for group, items in PLANTED.items()
-    }
+    head_attribution = metrics.get("modality_attribution_head") or {}
+
+    def by_planted_group(summary: dict) -> dict:
+        return {
+            group: {m: sum(summary.get(str(i), {}).get(m, 0.0) for i in items) / len(items) for m in ("audio", "video")}
+            for group, items in PLANTED.items()
+        }
+
+    by_group, head_by_group = by_planted_group(attribution), by_planted_group(head_attribution)
     probabilities = metrics.get("score_probabilities") or {}
     result = {
         "command": f"python benchmarks/explanations.py {args.run}", "date": date.today().isoformat(),
@@ -70,9 +75,11 @@ def main() -> None:
                                                                  "calibration", "total_interval", "screen_brier")},
         "evidence": metrics.get("evidence"),
         "modality_attribution": attribution, "attribution_by_planted_group": by_group,
+        "modality_attribution_head": head_attribution, "head_attribution_by_planted_group": head_by_group,
     }  # fmt: skip
     write_json(result_path("explanations", False, None), result)
-    print(json.dumps({k: result[k] for k in ("wall_s", "cost_ratio", "attribution_by_planted_group")}, indent=2))
+    print(json.dumps({k: result[k] for k in ("wall_s", "cost_ratio", "attribution_by_planted_group",
+                                                   "head_attribution_by_planted_group")}, indent=2))
 
 
 if __name__ == "__main__":

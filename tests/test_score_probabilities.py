@@ -230,6 +230,18 @@ def test_evaluation_and_prediction_report_the_probabilities(checkpoint, tmp_path
 
 
 # ----------------------------------------------------------------------------- part 2: modality attribution
+def amplify_modalities(model, factor: float = 20.0):
+    """The tiny model with its LQ-formers' cross-attention and projectors scaled up: at init the
+    features move its scores by ~1e-6, float noise; scaled, by ~1e-3, which a comparison can see."""
+    with torch.no_grad():
+        for modality in ("audio", "video"):
+            for name, parameter in getattr(model, f"{modality}_lqformer").named_parameters():
+                if "cross_attn" in name and parameter.dim() == 2:
+                    parameter.mul_(factor)
+            getattr(model, f"{modality}_projector").linear_2.weight.mul_(factor)
+    return model
+
+
 def test_withholding_a_modality_equals_scoring_without_it(tiny):
     from mllm_dr.inference.attribution import withheld
 
@@ -247,12 +259,15 @@ def test_withholding_a_modality_equals_scoring_without_it(tiny):
         assert not torch.allclose(model(**full).logits, model(**no_audio).logits)  # the audio does matter
 
 
-def test_attribution_per_item_and_its_summary(tiny, rows, monkeypatch):
+@pytest.mark.parametrize("prefix_reuse", [True, False])
+def test_attribution_per_item_and_its_summary(tiny, rows, monkeypatch, prefix_reuse):
     from mllm_dr.inference.attribution import mean_absolute_attribution
 
     model, processor = tiny
+    amplify_modalities(model)
     monkeypatch.setattr(generation, "PerItemSampler", forcing(processor.tokenizer))
-    settings = GenerationArguments(max_new_tokens=40, modality_attribution=True, prefix_reuse=False)
+    settings = GenerationArguments(max_new_tokens=40, modality_attribution=True, prefix_reuse=prefix_reuse)
+    assert generation.shares_prefix(rows[:3])  # one participant's items: with prefix reuse, its shared path
     records, _ = generate_items(model, processor, rows[:3], "full", settings, use_head=True)
     for record in records[:2]:
         attribution = record["attribution"]
@@ -263,14 +278,17 @@ def test_attribution_per_item_and_its_summary(tiny, rows, monkeypatch):
         row = rows[record["item_index"] - 1]
         for modality in ("audio", "video"):  # a modality the row lacks moves nothing; one it has does
             has = bool(row.get(f"{modality}_files"))
-            assert (abs(attribution[modality]["expected"]) > 0) == has, (modality, row.get(f"{modality}_files"))
-        assert abs(attribution["both"]["expected"]) > 0
+            assert (abs(attribution[modality]["expected"]) > 1e-4) == has, (modality, row.get(f"{modality}_files"))
+            assert abs(attribution[modality]["expected"]) < 1e-6 or has
+        assert abs(attribution["both"]["expected"]) > 1e-4
         assert all(attribution[m]["head"] is not None for m in ("audio", "video", "both"))
     assert records[2]["attribution"] is None  # no score digit, nothing to attribute
     summary = mean_absolute_attribution(records)
     assert set(summary) == {str(records[0]["item_index"]), str(records[1]["item_index"])}
     first = summary[str(records[0]["item_index"])]
     assert first["audio"] == pytest.approx(abs(records[0]["attribution"]["audio"]["expected"]))
+    head_summary = mean_absolute_attribution(records, of="head")
+    assert head_summary[str(records[0]["item_index"])]["both"] == pytest.approx(abs(records[0]["attribution"]["both"]["head"]))
     from mllm_dr.inference.attribution import attribution_lines, describe_attribution
 
     table = "\n".join(attribution_lines(summary))
@@ -279,4 +297,22 @@ def test_attribution_per_item_and_its_summary(tiny, rows, monkeypatch):
         f"audio {records[0]['attribution']['audio']['expected']:+.2f}, video +0.00")
     off, _ = generate_items(model, processor, rows[:1], "full", GenerationArguments(max_new_tokens=40), use_head=True)
     assert "attribution" not in off[0]  # off by default
+
+
+def test_shared_prefix_attribution_equals_whole_prompts(tiny, rows, monkeypatch):
+    """The shared-prefix path (the prefix once per condition, each item its suffix) gives the same
+    attribution as running every item's whole prompt and answer per condition."""
+    model, processor = amplify_modalities(tiny[0]), tiny[1]
+    monkeypatch.setattr(generation, "PerItemSampler", forcing(processor.tokenizer, ANSWERS[:2]))
+    results = {}
+    for reuse in (True, False):
+        settings = GenerationArguments(max_new_tokens=40, modality_attribution=True, prefix_reuse=reuse)
+        records, _ = generate_items(model, processor, rows[:3], "full", settings, use_head=True)
+        results[reuse] = [r["attribution"] for r in records]
+    assert all(a is not None for a in results[True])
+    assert max(abs(a["both"]["expected"]) for a in results[True]) > 1e-3  # the features do move the scores
+    for shared, whole in zip(results[True], results[False]):
+        for name in ("with_all", "audio", "video", "both"):
+            assert shared[name]["expected"] == pytest.approx(whole[name]["expected"], abs=2e-6), name
+            assert shared[name]["head"] == pytest.approx(whole[name]["head"], abs=2e-6), name
 

@@ -8,7 +8,9 @@ placeholders stay; the LQ-former's cross-attention adds nothing). Nothing is gen
 per condition reads the LM's distribution over the score digits at the digit's position and the MAA
 head's score from the prompt. The attribution of a modality is the expected score with everything
 minus the expected score without it (``+0.8``: the audio raised this item by 0.8), and the same for
-the head.
+the head. For one participant's items (generation's shared-prefix batches) the shared prefix (system
+prompt, placeholders, transcript) runs once per withheld condition and each item only its own
+suffix; the condition with every modality reuses generation's own prefill.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import torch
 
 from ..uncertainty import digit_distribution
+from .prefix import Prefill, cache_kwarg, features_of, left_padded, prefill, real_prompts
 
 CONDITIONS = {"audio": ("audio",), "video": ("video",), "both": ("audio", "video")}
 
@@ -32,13 +35,58 @@ def withheld(batch: Mapping[str, torch.Tensor], modalities: Sequence[str]) -> di
     return out
 
 
-def _expected_and_head(model, inputs: Mapping[str, torch.Tensor], candidates: torch.Tensor, low: int):
-    out = model(**inputs, use_cache=False, logits_to_keep=1)
+def _expected_and_head(out, candidates: torch.Tensor, low: int):
     probabilities, _ = digit_distribution(out.logits[:, -1], candidates)
     scores = torch.arange(low, low + candidates.shape[1], dtype=probabilities.dtype, device=probabilities.device)
     expected = (probabilities * scores).sum(dim=1)
     head = out.score.float() if getattr(out, "score", None) is not None else None
     return expected, head
+
+
+class _AnswerInputs:
+    """The rows' prompts followed by their answers up to (not including) the score digit, left-padded,
+    so that the last position predicts the digit; the head pools the prompt only (``prompt_mask``).
+
+    Without ``shared`` each condition runs the whole sequence. With ``shared`` (the rows are one
+    participant's items, whose prompts begin with the same prefix) the prefix is prefilled once per
+    condition (batch 1) and only the rows' suffixes (item instruction + answer) run against copies of
+    its cache, exactly as generation prefills them."""
+
+    def __init__(self, batch, new_tokens, found, pad_id: int, shared: Prefill | None):
+        self.batch, self.shared = batch, shared
+        prompts = real_prompts(batch)
+        self.rows = torch.tensor([row for row, _, _ in found], device=batch["input_ids"].device)
+        common = 0 if shared is None else len(shared.ids)
+        suffixes = [torch.cat([prompts[row][common:], new_tokens[row, :step]]) for row, step, _ in found]
+        self.ids, mask = left_padded(suffixes, pad_id, batch["attention_mask"].dtype)
+        width = self.ids.shape[1]
+        prompt_mask = torch.zeros_like(self.ids, dtype=torch.bool)
+        for i, ((row, _, _), suffix) in enumerate(zip(found, suffixes)):
+            start = width - len(suffix)
+            prompt_mask[i, start : start + len(prompts[row]) - common] = True
+        if common:
+            ones = torch.ones((len(found), common), dtype=mask.dtype, device=mask.device)
+            mask, prompt_mask = torch.cat([ones, mask], dim=1), torch.cat([ones.bool(), prompt_mask], dim=1)
+        self.mask, self.prompt_mask = mask, prompt_mask
+
+    def forward(self, model, modalities: Sequence[str] = ()):
+        """The model's output at the digit with ``modalities`` withheld (the missing-modality path)."""
+        inputs = {"input_ids": self.ids, "attention_mask": self.mask, "prompt_mask": self.prompt_mask}
+        if self.shared is None:
+            features = withheld(features_of(self.batch, self.rows), modalities)
+            return model(**inputs, **features, use_cache=False, logits_to_keep=1)
+        shared = self.shared
+        if modalities:  # the prefix holds the placeholders: it runs again with the modality withheld
+            features = withheld(features_of(self.batch, slice(0, 1)), modalities)
+            shared = prefill(model, shared.ids, features)
+            cache = shared.repeated(len(self.rows), copy=False)
+        else:
+            cache = shared.repeated(len(self.rows))  # generation's prefill: left intact
+        positions = (self.mask.long().cumsum(-1) - 1).clamp(min=0)[:, -self.ids.shape[1] :]
+        return model(
+            **inputs, position_ids=positions, use_cache=True, logits_to_keep=1,
+            prefix_hidden_states=shared.hidden, **{cache_kwarg(): cache},
+        )  # fmt: skip
 
 
 @torch.no_grad()
@@ -49,42 +97,29 @@ def modality_attribution(
     new_tokens: torch.Tensor,
     steps: Sequence[tuple[int, int, tuple[int, ...]]],
     use_head: bool,
+    shared: Prefill | None = None,
 ) -> list[dict[str, Any] | None]:
     """Per row: ``{"with_all": {"expected": e, "head": h}, "audio"|"video"|"both": {"expected": d,
     "head": d}}`` (e, h: with every modality; d = with - without; the head's only for a trained head), or None
     where the score digit was not found or the prompt uses neither modality. ``batch`` is the
     collated left-padded prompts the rows were generated from; ``new_tokens`` their generated ids;
-    ``steps`` where each row wrote its score digit (:func:`mllm_dr.uncertainty.score_steps`)."""
+    ``steps`` where each row wrote its score digit (:func:`mllm_dr.uncertainty.score_steps`).
+    ``shared``: the rows' common prompt prefix as generation prefilled it (one participant's items):
+    the prefix then runs once per withheld condition and the rows only their own suffixes."""
     present = [m for m in ("audio", "video") if f"{m}_mask" in batch]
     conditions = {name: mods for name, mods in CONDITIONS.items() if set(mods) <= set(present)}
     result: list[dict[str, Any] | None] = [None] * len(new_tokens)
     found = list(steps)
     if not conditions or not found:
         return result
-    tokenizer = processor.tokenizer
-    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
-    # Each row's real prompt, then its answer up to (not including) the digit; left-padded, so the
-    # last position predicts the digit. The head pools the prompt only (prompt_mask).
-    sequences = [torch.cat([ids[row][mask[row]], new_tokens[row, :step]]) for row, step, _ in found]
-    prompt_lengths = [int(mask[row].sum()) for row, _, _ in found]
-    width = max(len(s) for s in sequences)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = torch.full((len(found), width), pad, dtype=ids.dtype, device=ids.device)
-    attention = torch.zeros((len(found), width), dtype=batch["attention_mask"].dtype, device=ids.device)
-    prompt_mask = torch.zeros((len(found), width), dtype=torch.bool, device=ids.device)
-    for i, (sequence, length) in enumerate(zip(sequences, prompt_lengths)):
-        start = width - len(sequence)
-        input_ids[i, start:], attention[i, start:] = sequence, 1
-        prompt_mask[i, start : start + length] = True
-    rows = torch.tensor([row for row, _, _ in found], device=ids.device)
-    inputs = {"input_ids": input_ids, "attention_mask": attention, "prompt_mask": prompt_mask}
-    inputs.update({k: v.index_select(0, rows) for k, v in batch.items() if k.startswith(("audio_", "video_"))})
-    candidates = torch.tensor([c for _, _, c in found], device=ids.device)
+    pad = processor.tokenizer.pad_token_id if processor.tokenizer.pad_token_id is not None else 0
+    inputs = _AnswerInputs(batch, new_tokens, found, pad, shared)
+    candidates = torch.tensor([c for _, _, c in found], device=new_tokens.device)
     low = processor.score_min
-    full_expected, full_head = _expected_and_head(model, inputs, candidates, low)
+    full_expected, full_head = _expected_and_head(inputs.forward(model), candidates, low)
     changes = {}
     for name, modalities in conditions.items():
-        expected, head = _expected_and_head(model, withheld(inputs, modalities), candidates, low)
+        expected, head = _expected_and_head(inputs.forward(model, modalities), candidates, low)
         changes[name] = (full_expected - expected, None if full_head is None or not use_head else full_head - head)
     for i, (row, _, _) in enumerate(found):
         result[row] = {
@@ -96,17 +131,19 @@ def modality_attribution(
     return result
 
 
-def mean_absolute_attribution(records: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, float]] | None:
-    """Per item and condition, the mean absolute change of the expected score (evaluation's summary)."""
+def mean_absolute_attribution(records: Sequence[Mapping[str, Any]], of: str = "expected") -> dict[str, dict[str, float]] | None:
+    """Per item and condition, the mean absolute change of the expected score (``of="expected"``) or
+    of the MAA head's score (``of="head"``; items without a trained head are left out): evaluation's
+    summary."""
     sums: dict[int, dict[str, list[float]]] = {}
     for record in records:
         attribution = record.get("attribution")
         if not attribution:
             continue
         for name, change in attribution.items():
-            if name == "with_all":
+            if name == "with_all" or change.get(of) is None:
                 continue
-            sums.setdefault(int(record["item_index"]), {}).setdefault(name, []).append(abs(change["expected"]))
+            sums.setdefault(int(record["item_index"]), {}).setdefault(name, []).append(abs(change[of]))
     if not sums:
         return None
     return {
@@ -115,15 +152,16 @@ def mean_absolute_attribution(records: Sequence[Mapping[str, Any]]) -> dict[str,
     }
 
 
-def attribution_lines(summary: Mapping[str, Mapping[str, float]] | None) -> list[str]:
+def attribution_lines(summary: Mapping[str, Mapping[str, float]] | None, of: str = "expected") -> list[str]:
     """The evaluation report's table of :func:`mean_absolute_attribution` (nothing when it was off)."""
     if not summary:
         return []
     names = [name for name in CONDITIONS if any(name in row for row in summary.values())]
+    what = "each item's expected score" if of == "expected" else "the MAA head's score of each item"
     lines = [
-        "## Modality attribution",
+        "## Modality attribution" + ("" if of == "expected" else ": the MAA head"),
         "",
-        "Mean absolute change of each item's expected score when a modality is withheld through the "
+        f"Mean absolute change of {what} when a modality is withheld through the "
         "missing-modality path (the rationale kept as context; `--modality_attribution`).",
         "",
         "| item | " + " | ".join(f"{name} withheld" for name in names) + " |",

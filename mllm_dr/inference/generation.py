@@ -8,7 +8,7 @@ import hashlib
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
 import dataclasses
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -20,8 +20,9 @@ from processing_mllm_dr import MllmDrProcessor
 from ..data import MllmDrCollator, feature_key
 from ..uncertainty import score_probabilities, score_steps
 from .attribution import modality_attribution
+from .prefix import Prefill, cache_kwarg, left_padded, real_prompts, shared_prefill
 
-SCORE_SOURCES = ("generated", "head", "generated_with_head_fallback")
+SCORE_SOURCES = ("generated", "head", "generated_with_head_fallback", "expected", "combined")
 
 
 @dataclass
@@ -48,9 +49,18 @@ class GenerationArguments:
     )
     score_source: str = field(
         default="generated_with_head_fallback",
-        metadata={"help": "The score that counts: generated (the parsed text), head (the MAA head), or "
-                  "generated_with_head_fallback (the text, the head where the text breaks format).",
+        metadata={"help": "The score that counts: generated (the parsed text), head (the MAA head), "
+                  "generated_with_head_fallback (the text, the head where the text breaks format; the paper's), "
+                  "expected (the expected score under the LM's probabilities of the digits where it wrote the "
+                  "score, not the digit it wrote; the head where no digit was found), or combined "
+                  "(--text_weight x the expected score + (1 - weight) x the head; evaluation can fit the weight "
+                  "on a dev evaluation with --fit_text_weight_on).",
                   "choices": list(SCORE_SOURCES)},
+    )
+    text_weight: float | None = field(
+        default=None,
+        metadata={"help": "--score_source combined: the weight of the text's expected score, in [0, 1] (the head "
+                  "gets the rest)."},
     )
     score_probabilities: bool = field(
         default=True,
@@ -76,6 +86,17 @@ class GenerationArguments:
             return "greedy"
         nucleus = "" if self.top_p is None or self.top_p >= 1.0 else f", top_p {self.top_p}"
         return f"sampling, temperature {self.temperature}, top_k {self.top_k}{nucleus}, a seed per item"
+
+    def check(self, weight_to_fit: bool = False) -> None:
+        """One-line ``ValueError`` for settings that cannot work together (before a model loads);
+        ``weight_to_fit``: the text weight will be fitted (evaluation's --fit_text_weight_on)."""
+        if self.score_source == "combined" and self.text_weight is None and not weight_to_fit:
+            raise ValueError("--score_source combined needs --text_weight W (mllm-dr-evaluate can fit it on a dev "
+                             "evaluation: --fit_text_weight_on DEV_EVAL_DIR)")
+        if self.text_weight is not None and not 0.0 <= self.text_weight <= 1.0:
+            raise ValueError(f"--text_weight must be in [0, 1], got {self.text_weight}")
+        if self.score_source in ("expected", "combined") and not self.score_probabilities:
+            raise ValueError(f"--score_source {self.score_source} reads the score probabilities: drop --no_score_probabilities")
 
     def for_model(self, model: Any) -> GenerationArguments:
         """These settings with ``top_p`` taken from the model's generation config when not given."""
@@ -143,13 +164,34 @@ class PerItemSampler(LogitsProcessor):
         return torch.full_like(scores, float("-inf")).scatter(1, chosen, 0.0)
 
 
-def choose_score(parsed: int | None, head: float | None, source: str, unparsed: float, lo: int, hi: int):
-    """(score used, fell back?) for one item; the head's score is clipped to the item range."""
+def choose_score(
+    parsed: int | None,
+    head: float | None,
+    source: str,
+    unparsed: float,
+    lo: int,
+    hi: int,
+    expected: float | None = None,
+    text_weight: float | None = None,
+):
+    """(score used, fell back?) for one item; the head's score is clipped to the item range.
+
+    ``expected``: the expected score under the LM's digit probabilities (``expected`` and
+    ``combined`` read it; where it is missing they read the parsed digit, then the head)."""
     clipped = None if head is None else float(min(max(head, lo), hi))
     if source == "head":
         if clipped is None:
             raise ValueError("--score_source head needs a trained score head")
         return clipped, False
+    if source in ("expected", "combined"):
+        text = expected if expected is not None else parsed
+        if text is not None and source == "combined" and clipped is not None:
+            if text_weight is None:
+                raise ValueError("--score_source combined needs --text_weight (or, in evaluation, --fit_text_weight_on)")
+            return float(text_weight * float(text) + (1.0 - text_weight) * clipped), False
+        if text is not None:
+            return float(text), False
+        return (clipped, True) if clipped is not None else (float(unparsed), False)
     if parsed is not None:
         return float(parsed), False
     if source == "generated_with_head_fallback" and clipped is not None:
@@ -158,13 +200,6 @@ def choose_score(parsed: int | None, head: float | None, source: str, unparsed: 
 
 
 # ----------------------------------------------------------------------------- generation
-def _cache_kwarg() -> str:
-    """``generate``'s name for a ready KV cache: ``cache`` in transformers >= 5.2x, else ``past_key_values``."""
-    from transformers.modeling_outputs import CausalLMOutputWithPast
-
-    return "cache" if "cache" in {f.name for f in fields(CausalLMOutputWithPast)} else "past_key_values"
-
-
 def shares_prefix(rows: Sequence[Mapping[str, Any]]) -> bool:
     """Items of one participant with one transcript and one feature sequence per modality (E-DAIC, DAIC-WOZ)."""
     first = rows[0]
@@ -177,39 +212,29 @@ def shares_prefix(rows: Sequence[Mapping[str, Any]]) -> bool:
 
 
 @torch.no_grad()
-def generate_with_shared_prefix(model, batch: dict[str, torch.Tensor], **generate_kwargs: Any):
+def generate_with_shared_prefix(model, batch: dict[str, torch.Tensor], shared: Prefill | None = None, **generate_kwargs: Any):
     """Generation for prompts that share a prefix (a participant's system prompt, features and
     transcript come before the item instruction): the prefix is prefilled once, its KV cache and
     last hidden states are copied to every item, and only the item-specific suffixes are prefilled.
-    The head still pools the whole prompt (prefix hidden states + suffix hidden states)."""
-    ids, mask = batch["input_ids"], batch["attention_mask"].bool()
-    real = [row[m] for row, m in zip(ids, mask)]
-    shortest = min(len(r) for r in real)
-    stacked = torch.stack([r[:shortest] for r in real])
-    differs = (~(stacked == stacked[0]).all(dim=0)).nonzero()
-    # the longest common prefix, leaving every item at least one token of its own to prefill
-    common = min(int(differs[0]) if len(differs) else shortest, shortest - 1)
-    prefix = real[0][:common].unsqueeze(0)
-    features = {k: v[:1] for k, v in batch.items() if k.startswith(("audio_", "video_"))}
-    prefill = model(
-        input_ids=prefix, attention_mask=torch.ones_like(prefix), use_cache=True, compute_score=False,
-        logits_to_keep=1, return_last_hidden_state=True, **features,
-    )  # fmt: skip
-    cache = next(prefill[name] for name in ("cache", "past_key_values") if name in prefill.keys())
-    cache.batch_repeat_interleave(len(real))
-    suffixes = [r[common:] for r in real]
-    width = max(len(s) for s in suffixes)
-    pad_id = generate_kwargs.get("pad_token_id", 0)
-    suffix_ids = torch.full((len(real), width), pad_id, dtype=ids.dtype, device=ids.device)
-    suffix_mask = torch.zeros((len(real), width), dtype=batch["attention_mask"].dtype, device=ids.device)
-    for i, suffix in enumerate(suffixes):  # left-pad the suffixes: padding sits between prefix and suffix
-        suffix_ids[i, width - len(suffix) :] = suffix
-        suffix_mask[i, width - len(suffix) :] = 1
+    The head still pools the whole prompt (prefix hidden states + suffix hidden states).
+    ``shared``: the prefix already prefilled (:func:`~mllm_dr.inference.prefix.shared_prefill`; it is
+    left intact for another use, e.g. the modality attribution)."""
+    real = real_prompts(batch)
+    if shared is None:
+        shared = shared_prefill(model, batch)
+        cache = shared.repeated(len(real), copy=False)  # this prefill is used up here
+    else:
+        cache = shared.repeated(len(real))
+    common = len(shared.ids)
+    suffix_ids, suffix_mask = left_padded(
+        [r[common:] for r in real], generate_kwargs.get("pad_token_id", 0), batch["attention_mask"].dtype
+    )
+    prefix = shared.ids.unsqueeze(0)
     full_ids = torch.cat([prefix.expand(len(real), -1), suffix_ids], dim=1)
     full_mask = torch.cat([torch.ones_like(prefix).expand(len(real), -1), suffix_mask], dim=1)
     out = model.generate(
-        input_ids=full_ids, attention_mask=full_mask, prefix_hidden_states=prefill.last_hidden_state,
-        **{_cache_kwarg(): cache}, **generate_kwargs,
+        input_ids=full_ids, attention_mask=full_mask, prefix_hidden_states=shared.hidden,
+        **{cache_kwarg(): cache}, **generate_kwargs,
     )  # fmt: skip
     return out, full_ids.shape[1]
 
@@ -246,8 +271,11 @@ def generate_items(
     tokenizer = processor.tokenizer
     kwargs["pad_token_id"] = tokenizer.pad_token_id
     kwargs["eos_token_id"] = tokenizer.eos_token_id
+    shared = None
     if settings.prefix_reuse and shares_prefix(rows):
-        out, prompt_length = generate_with_shared_prefix(model, batch, **kwargs)
+        # with the attribution, the prefix's prefill is kept: it is also the "every modality" condition
+        shared = shared_prefill(model, batch) if settings.modality_attribution else None
+        out, prompt_length = generate_with_shared_prefix(model, batch, shared, **kwargs)
     else:
         out = model.generate(**batch, **kwargs)
         prompt_length = batch["input_ids"].shape[1]
@@ -269,13 +297,14 @@ def generate_items(
         probabilities = [{} for _ in texts]
     attributions = [None] * len(texts)
     if settings.modality_attribution:
-        attributions = modality_attribution(model, processor, batch, new_tokens, steps, use_head)
+        attributions = modality_attribution(model, processor, batch, new_tokens, steps, use_head, shared=shared)
     records = []
     for i, (row, text) in enumerate(zip(rows, texts)):
         parsed, rationale = parsed_all[i]
         head = float(out.head_score[i]) if use_head else None
         score, fell_back = choose_score(
-            parsed, head, settings.score_source, settings.unparsed_score, processor.score_min, processor.score_max
+            parsed, head, settings.score_source, settings.unparsed_score, processor.score_min, processor.score_max,
+            expected=probabilities[i].get("expected_score"), text_weight=settings.text_weight,
         )
         records.append(
             {
