@@ -151,6 +151,71 @@ def _phq_metrics(predictions: list[dict[str, Any]], cutoff: float, seed: int, n_
     )
 
 
+def rescored(
+    predictions: Sequence[Mapping[str, Any]], source: str, score_range: tuple[int, int], text_weight: float | None = None
+) -> list[dict[str, Any]]:
+    """The predictions with ``score`` chosen again by ``source`` from the fields they already hold
+    (parsed digit, head, expected score): every score source from one generation."""
+    low, high = score_range
+    return [
+        {**p, "score": choose_score(p["parsed_score"], p["head_score"], source, 0.0, low, high,
+                                    expected=p.get("expected_score"), text_weight=text_weight)[0]}
+        for p in predictions
+    ]  # fmt: skip
+
+
+def score_source_comparison(
+    predictions: Sequence[Mapping[str, Any]], cutoff: float, seed: int, score_range: tuple[int, int],
+    text_weight: float | None = None,
+) -> dict[str, dict[str, Any]] | None:
+    """Point metrics (totals CCC/RMSE/MAE/F1, item MAE, per-item MAE) of every score source these
+    predictions support, whatever ``--score_source`` counted: the text's digit with the head's
+    fallback, the expected score, the head, and (with a text weight) their combination."""
+    labelled = [p for p in predictions if p.get("label") is not None]
+    if not labelled:
+        return None
+    sources = ["generated_with_head_fallback"]
+    if any(p.get("expected_score") is not None for p in predictions):
+        sources.append("expected")
+    if all(p["head_score"] is not None for p in predictions):
+        sources.append("head")
+        if text_weight is not None:
+            sources.append("combined")
+    out = {}
+    for source in sources:
+        scored = rescored(predictions, source, score_range, text_weight)
+        point = _phq_metrics(scored, cutoff, seed, n_bootstrap=0, with_genders=False)
+        items = [p for p in scored if p.get("label") is not None]
+        out[source] = {
+            **{k: point.get(k) for k in ("ccc", "rmse", "mae", "f1", "per_item_mae")},
+            "item_mae": float(np.mean([abs(p["score"] - p["label"]) for p in items])),
+        }
+    return out
+
+
+def fit_text_weight(predictions: Sequence[Mapping[str, Any]], score_range: tuple[int, int] = (0, 3)) -> dict[str, Any]:
+    """The weight ``w`` in [0, 1] of ``w * text + (1 - w) * head`` (text: the expected score, else the
+    parsed digit; head clipped to the range) with the least squared item error on ``predictions``
+    (closed form, then clipped). ``ValueError`` when fewer than 2 labelled items have both."""
+    low, high = score_range
+    pairs = []
+    for p in predictions:
+        text = p.get("expected_score") if p.get("expected_score") is not None else p.get("parsed_score")
+        if p.get("label") is None or text is None or p.get("head_score") is None:
+            continue
+        pairs.append((float(text), float(min(max(p["head_score"], low), high)), float(p["label"])))
+    if len(pairs) < 2:
+        raise ValueError(f"{len(pairs)} labelled item(s) have both a text score and a head score; the fit needs 2")
+    text, head, label = (np.array(column) for column in zip(*pairs))
+    spread = float(((text - head) ** 2).sum())
+    weight = 1.0 if spread == 0 else float(np.clip(((text - head) * (label - head)).sum() / spread, 0.0, 1.0))
+
+    def mse(w: float) -> float:
+        return float(np.mean((w * text + (1 - w) * head - label) ** 2))
+
+    return {"text_weight": weight, "n_items": len(pairs), "mse": mse(weight), "mse_text": mse(1.0), "mse_head": mse(0.0)}
+
+
 def compute_metrics(
     predictions: list[dict[str, Any]],
     *,
@@ -160,9 +225,11 @@ def compute_metrics(
     score_source: str,
     baseline: bool,
     score_range: tuple[int, int] = (0, 3),
+    text_weight: float | None = None,
 ) -> dict[str, Any]:
     """``metrics.json``: the PHQ metrics of the scores that count, format failures, head fallbacks,
-    generated-vs-head agreement and, for a model with a trained head, the head's scores alone."""
+    generated-vs-head agreement, for a model with a trained head the head's scores alone, and the
+    point metrics of every score source the predictions support (``score_sources``)."""
     check_known_totals(predictions)
     metrics = _phq_metrics(predictions, cutoff, seed, n_bootstrap, with_genders=True)
     labelled = any(p.get("label") is not None for p in predictions)
@@ -195,8 +262,11 @@ def compute_metrics(
             },
             # Beside the scores used, never instead of them: the LM's probabilities at the score digit
             "score_probabilities": None if baseline else probability_metrics(predictions, cutoff, low, high),
-            # --modality_attribution: per item, the mean |change| of the expected score per withheld modality
+            # --modality_attribution: per item, the mean |change| of the expected score (and of the
+            # head's score) per withheld modality
             "modality_attribution": None if baseline else mean_absolute_attribution(predictions),
+            "modality_attribution_head": None if baseline else mean_absolute_attribution(predictions, of="head"),
+            "score_sources": None if baseline else score_source_comparison(predictions, cutoff, seed, score_range, text_weight),
         }
     )
     return metrics
@@ -376,6 +446,31 @@ def transcript_line(cuts: Mapping[str, Any] | None) -> list[str]:
             f"participants' transcripts were cut{worst} (per participant in `manifest.json`)"]  # fmt: skip
 
 
+def score_source_lines(
+    sources: Mapping[str, Mapping[str, Any]] | None, counted: str, text_weight: Mapping[str, Any] | None
+) -> list[str]:
+    """The report's table of :func:`score_source_comparison` (the same generation, scored each way)."""
+    if not sources:
+        return []
+    fmt = lambda v: "n/a" if v is None else f"{v:.3f}"  # noqa: E731
+    lines = [
+        "## The same outputs, scored each way",
+        "",
+        "Point metrics of every score source these outputs support (`--score_source`; the one that counts "
+        f"here is `{counted}`; the paper's is `generated_with_head_fallback`).",
+    ]
+    if text_weight:
+        lines.append(
+            f"`combined` weighs the expected score by {text_weight['value']:.3f} and the head by the rest"
+            + (f", fitted on `{text_weight['fitted_on']}` (split {text_weight['split']}, {text_weight['n_items']} items)."
+               if text_weight.get("fitted_on") else " (given).")
+        )  # fmt: skip
+    lines += ["", "| score source | CCC | RMSE | MAE | F1 | item MAE |", "|---|---|---|---|---|---|"]
+    lines += [f"| {name} | {fmt(m['ccc'])} | {fmt(m['rmse'])} | {fmt(m['mae'])} | {fmt(m['f1'])} | {fmt(m['item_mae'])} |"
+              for name, m in sources.items()]  # fmt: skip
+    return lines + [""]
+
+
 def write_report(predictions, metrics, manifest, out: Path, figures: list[str]) -> None:
     fmt = lambda v: "n/a" if v is None else (f"{v:.3f}" if isinstance(v, float) else str(v))  # noqa: E731
     ci = lambda key: "" if not metrics.get(key) else f" [{metrics[key][0]:.3f}, {metrics[key][1]:.3f}]"  # noqa: E731
@@ -411,8 +506,10 @@ def write_report(predictions, metrics, manifest, out: Path, figures: list[str]) 
             f"MAE {fmt(head['mae'])}, F1 {fmt(head['f1'])}.",
             "",
         ]
+    lines += score_source_lines(metrics.get("score_sources"), metrics["score_source"], manifest.get("text_weight"))
     lines += probability_lines(metrics.get("score_probabilities"), metrics["cutoff"])
     lines += attribution_lines(metrics.get("modality_attribution"))
+    lines += attribution_lines(metrics.get("modality_attribution_head"), of="head")
     lines += left_out_lines(manifest["data"].get("left_out"))
     lines += evidence_lines(metrics.get("evidence"))
     lines += [f"![{name}]({name})" for name in figures]

@@ -331,3 +331,83 @@ def test_aggregate_refuses_runs_of_different_models_or_settings_unless_grouped(s
         ev.main(["--aggregate", str(first), str(first)])
     with pytest.raises(SystemExit, match="--group_by groups the runs of --aggregate"):
         ev.main(["--group_by", "model"])
+
+
+# ----------------------------------------------------------------------------- score sources (issue 15)
+def test_choose_score_expected_and_combined():
+    from mllm_dr.inference import choose_score
+
+    assert choose_score(2, 1.0, "expected", 0.0, 0, 3, expected=1.6) == (1.6, False)
+    assert choose_score(2, 1.0, "expected", 0.0, 0, 3, expected=None) == (2.0, False)  # no probabilities: the digit
+    assert choose_score(None, 5.0, "expected", 0.0, 0, 3) == (3.0, True)  # no digit: the head, clipped
+    assert choose_score(None, None, "expected", 0.5, 0, 3) == (0.5, False)
+    assert choose_score(2, 1.0, "combined", 0.0, 0, 3, expected=1.6, text_weight=0.25) == (pytest.approx(1.15), False)
+    assert choose_score(None, 1.0, "combined", 0.0, 0, 3, text_weight=0.25) == (1.0, True)
+    with pytest.raises(ValueError, match="text_weight"):
+        choose_score(2, 1.0, "combined", 0.0, 0, 3, expected=1.6)
+    assert choose_score(2, 1.0, "generated_with_head_fallback", 0.0, 0, 3, expected=1.6) == (2.0, False)  # the paper's
+
+
+def test_fit_text_weight_is_the_least_squares_weight():
+    from mllm_dr.evaluation import fit_text_weight
+
+    rng = np.random.default_rng(0)
+    label = rng.integers(0, 4, 40).astype(float)
+    text, head = label + rng.normal(0, 0.4, 40), label + rng.normal(0, 0.9, 40)
+    records = [{"label": y, "expected_score": t, "parsed_score": None, "head_score": h} for y, t, h in zip(label, text, head)]
+    fit = fit_text_weight(records)
+    grid = np.linspace(0, 1, 10001)
+    clipped = np.clip(head, 0, 3)
+    best = grid[np.argmin([np.mean((w * text + (1 - w) * clipped - label) ** 2) for w in grid])]
+    assert fit["text_weight"] == pytest.approx(best, abs=1e-3) and 0.5 < fit["text_weight"] < 1
+    assert fit["mse"] <= min(fit["mse_text"], fit["mse_head"]) and fit["n_items"] == 40
+    with pytest.raises(ValueError, match="fit needs 2"):
+        fit_text_weight(records[:1])
+
+
+def test_combined_score_with_a_weight_fitted_on_dev_only(setup, tmp_path):
+    from mllm_dr.evaluation import fit_text_weight
+
+    root, corpus = setup
+    model = root / "s2"
+    with pytest.raises(SystemExit, match="needs --text_weight"):  # refused before a model loads
+        run_eval(model, corpus, tmp_path / "no_weight", "--score_source", "combined")
+    with pytest.raises(SystemExit, match=r"\[0, 1\]"):
+        run_eval(model, corpus, tmp_path / "bad_weight", "--score_source", "combined", "--text_weight", "1.5")
+    plain = run_eval(model, corpus, tmp_path / "plain", "--greedy")
+    assert set(plain["score_sources"]) >= {"generated_with_head_fallback", "head"}
+    assert plain["score_sources"]["head"]["mae"] == pytest.approx(plain["head_only"]["mae"])
+    assert plain["score_sources"]["generated_with_head_fallback"]["mae"] == pytest.approx(plain["mae"])
+    test_manifest = json.loads((tmp_path / "plain" / "manifest.json").read_text())
+    with pytest.raises(SystemExit, match="test split"):  # a weight is never fitted on test outputs
+        run_eval(model, corpus, tmp_path / "on_test", "--score_source", "combined", "--fit_text_weight_on", str(tmp_path / "plain"))
+
+    # a dev evaluation of this model whose texts scored (the tiny model's rarely do): its records as written
+    dev = tmp_path / "dev"
+    dev.mkdir()
+    rng = np.random.default_rng(1)
+    records = [{"participant_id": f"d{i // 3}", "item_index": i % 3 + 1, "label": int(y), "parsed_score": int(y),
+                "expected_score": float(y) + rng.normal(0, 0.3), "head_score": float(y) + rng.normal(0, 1.0)}
+               for i, y in enumerate(rng.integers(0, 4, 12))]  # fmt: skip
+    (dev / "predictions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    dev_manifest = {**test_manifest, "data": {**test_manifest["data"], "split": "dev"}}
+    (dev / "manifest.json").write_text(json.dumps(dev_manifest))
+    out = tmp_path / "combined"
+    metrics = run_eval(model, corpus, out, "--greedy", "--score_source", "combined", "--fit_text_weight_on", str(dev))
+    manifest = json.loads((out / "manifest.json").read_text())
+    weight = fit_text_weight(records)["text_weight"]
+    assert manifest["text_weight"]["value"] == pytest.approx(weight) and manifest["text_weight"]["split"] == "dev"
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    for p in predictions:
+        text = p["expected_score"] if p["expected_score"] is not None else p["parsed_score"]
+        head = min(max(p["head_score"], 0), 3)
+        assert p["score"] == pytest.approx(head if text is None else weight * text + (1 - weight) * head)
+        assert p["fell_back"] == (text is None)
+    assert metrics["score_source"] == "combined"
+    assert metrics["score_sources"]["combined"]["mae"] == pytest.approx(metrics["mae"])
+    assert "scored each way" in (out / "report.md").read_text()
+
+    other = {**dev_manifest, "model": {**dev_manifest["model"], "fingerprint": "0" * 16}}
+    (dev / "manifest.json").write_text(json.dumps(other))
+    with pytest.raises(SystemExit, match="another model"):
+        run_eval(model, corpus, tmp_path / "other_model", "--score_source", "combined", "--fit_text_weight_on", str(dev))

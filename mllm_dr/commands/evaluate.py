@@ -35,6 +35,7 @@ from ..evaluation import (
     aggregate,
     check_known_totals,
     compute_metrics,
+    fit_text_weight,
     read_predictions,
     train_mean_predictions,
     write_figures,
@@ -49,7 +50,7 @@ from ..inference import (
     head_is_trained,
     load_model,
 )
-from ..io import LOCK_NAME, FolderInUse, append_jsonl, exclusive_lock, write_json_atomic, write_text_atomic
+from ..io import LOCK_NAME, FolderInUse, append_jsonl, exclusive_lock, read_jsonl, write_json_atomic, write_text_atomic
 
 
 @dataclass
@@ -78,6 +79,35 @@ class EvaluationArguments:
         default=None, metadata={"help": "Transcript budget in tokens (default: the checkpoint's processor's)."}
     )
     limit_participants: int | None = field(default=None, metadata={"help": "Evaluate only the first N participants."})
+    fit_text_weight_on: str | None = field(
+        default=None,
+        metadata={"help": "Fit --text_weight (for --score_source combined, and the combined row of the report) on "
+                  "this folder's predictions: an evaluation of the same model on another, non-test split (dev); "
+                  "the weight is never fitted on the outputs it then scores.", "metavar": "EVAL_DIR"},
+    )
+
+
+def fitted_text_weight(folder: str, data_dir: str | None, split: str) -> dict[str, Any]:
+    """``--fit_text_weight_on``: the least-squares text weight of an earlier evaluation (dev), refusing
+    a test split and the split being evaluated; the model's fingerprint is checked once it loads."""
+    path = Path(folder)
+    if not (path / MANIFEST).is_file() or not (path / PREDICTIONS).is_file():
+        raise SystemExit(f"--fit_text_weight_on {folder}: not an evaluation folder (no {MANIFEST} or {PREDICTIONS})")
+    manifest = json.loads((path / MANIFEST).read_text())
+    fitted_split = manifest.get("data", {}).get("split")
+    if fitted_split == "test":
+        raise SystemExit(f"--fit_text_weight_on {folder}: it evaluated the test split; fit the weight on a dev evaluation")
+    same_data = data_dir is not None and manifest.get("data", {}).get("dir") == str(Path(data_dir).resolve())
+    if same_data and fitted_split == split:
+        raise SystemExit(f"--fit_text_weight_on {folder}: it evaluated split {split!r}, the one evaluated now; "
+                         "fit the weight on another split (dev)")  # fmt: skip
+    try:
+        fit = fit_text_weight([record for _, record in read_jsonl(path / PREDICTIONS)])
+    except (ValueError, KeyError) as error:
+        raise SystemExit(f"--fit_text_weight_on {folder}: {error}") from None
+    return {"value": fit["text_weight"], "fitted_on": str(path.resolve()), "split": fitted_split,
+            "model_fingerprint": manifest.get("model", {}).get("fingerprint"),
+            **{k: fit[k] for k in ("n_items", "mse", "mse_text", "mse_head")}}  # fmt: skip
 
 
 ARGUMENTS = (ModelLoadArguments, CorpusArguments, FeatureCacheArguments, GenerationArguments, EvaluationArguments)
@@ -148,6 +178,18 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(str(error)) from None
     if args.zero_shot:
         generation.score_source = "generated"
+    try:
+        generation.check(weight_to_fit=bool(args.fit_text_weight_on))
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
+    text_weight = None
+    if args.fit_text_weight_on:
+        if generation.text_weight is not None:
+            raise SystemExit("give --text_weight or --fit_text_weight_on, not both")
+        text_weight = fitted_text_weight(args.fit_text_weight_on, corpus_args.data_dir, args.split)
+        generation.text_weight = text_weight["value"]
+    elif generation.text_weight is not None:
+        text_weight = {"value": generation.text_weight, "fitted_on": None}
     out = Path(args.output_dir)
 
     corpus = _load(corpus_args, args.split)
@@ -172,16 +214,20 @@ def main(argv: list[str] | None = None) -> int:
             trust_remote_code=model_args.trust_remote_code,
         )  # fmt: skip
         model, processor, description = loaded.model, loaded.processor, loaded.record()
+        fitted_for = (text_weight or {}).get("model_fingerprint")
+        if fitted_for is not None and fitted_for != description.get("fingerprint"):
+            raise SystemExit(f"--fit_text_weight_on {args.fit_text_weight_on}: it evaluated another model "
+                             f"(fingerprint {fitted_for}, this one {description.get('fingerprint')})")  # fmt: skip
+        if generation.score_source in ("head", "combined") and not head_is_trained(model, args.zero_shot):
+            raise SystemExit(
+                f"--score_source {generation.score_source}: {model_args.model} has no trained score head (zero-shot, "
+                "stage 1, or trained without the joint loss); use --score_source generated or expected"
+            )
         try:
             generation = generation.for_model(model)  # top_p from the model's generation config unless given
         except ValueError as error:
             raise SystemExit(str(error)) from None
         questionnaire = processor.questionnaire
-        if generation.score_source == "head" and not head_is_trained(model, args.zero_shot):
-            raise SystemExit(
-                f"--score_source head: {model_args.model} has no trained score head (zero-shot, stage 1, or trained "
-                "without the joint loss); use --score_source generated"
-            )
         mode = prompt_mode(2, bool(model.config.use_audio), bool(model.config.use_video))
         used = tuple(m for m in ("audio", "video") if getattr(processor.inputs_for(mode), m))
         try:
@@ -204,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         "seed": generation.seed,
         "score_source": generation.score_source,
         "unparsed_score": generation.unparsed_score,
+        **({"text_weight": text_weight} if text_weight else {}),
         **({"modality_attribution": True} if generation.modality_attribution else {}),
         "mode": mode,
         "max_transcript_tokens": None if processor is None else processor.max_transcript_tokens,
@@ -284,7 +331,7 @@ def _evaluate_into(
     try:
         metrics = compute_metrics(
             predictions, cutoff=args.cutoff, seed=generation.seed, n_bootstrap=args.n_bootstrap,
-            score_source=generation.score_source, baseline=args.train_mean,
+            score_source=generation.score_source, baseline=args.train_mean, text_weight=generation.text_weight,
             score_range=(0, 3) if processor is None else (processor.score_min, processor.score_max),
         )  # fmt: skip
     except ValueError as error:

@@ -224,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
     model_args, generation, args = parse_args(argv)
     if model_args.model is None:
         raise SystemExit("--model is required")
+    try:
+        generation.check()
+    except ValueError as error:
+        raise SystemExit(str(error)) from None
     for name in ("transcript", "output_dir"):
         if getattr(args, name) is None:
             raise SystemExit(f"--{name} is required")
