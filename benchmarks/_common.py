@@ -286,3 +286,19 @@ def write_json(path: str | Path, data: Any) -> Path:
     from mllm_dr.io import write_json_atomic
 
     return write_json_atomic(path, data)
+
+
+def run_command(command: Sequence[str], log: Path) -> float:
+    """Runs one step of a recipe (a console command, found next to this interpreter) with its output
+    in ``log``; stops the benchmark on failure. Returns the wall time in seconds."""
+    from mllm_dr.demo import resolve_command
+
+    started = time.perf_counter()
+    print(f"$ {' '.join(str(part) for part in command)}", flush=True)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with log.open("w") as handle:
+        result = subprocess.run(resolve_command(command), stdout=handle, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
+    if result.returncode:
+        raise SystemExit(f"failed ({result.returncode}): {' '.join(str(part) for part in command)}; see {log}")
+    return time.perf_counter() - started

@@ -21,7 +21,6 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 import time
 from dataclasses import asdict, replace
@@ -42,26 +41,13 @@ from mllm_dr.demo import (
 )
 from mllm_dr.io import write_text_atomic
 
-from _common import RESULTS_DIR, write_json
+from _common import RESULTS_DIR, run_command as run, write_json
 
 AUDIO_ITEMS, VIDEO_ITEMS, TEXT_ITEMS = (4, 8), (5, 7), (1, 2, 3, 6)
 
 # name -> (folder, extra training flags or None for no training, extra evaluation flags): the
 # recipe's variants, mllm_dr.demo.ABLATIONS (OWN_STAGE1: the variants with a stage 1 of their own).
 VARIANTS: dict[str, tuple[str, list[str] | None, list[str]]] = ABLATIONS
-
-
-def run(command: list[str], log: Path) -> float:
-    """Runs one step (a console command, found next to this interpreter) with its output in ``log``;
-    stops the benchmark on failure."""
-    started = time.perf_counter()
-    print(f"$ {' '.join(command)}", flush=True)
-    with log.open("w") as handle:
-        result = subprocess.run(resolve_command(command), stdout=handle, stderr=subprocess.STDOUT,
-                                env={**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"})
-    if result.returncode:
-        raise SystemExit(f"failed ({result.returncode}): {' '.join(command)}; see {log}")
-    return time.perf_counter() - started
 
 
 def results_table(results: dict[str, dict]) -> str:
