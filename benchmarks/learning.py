@@ -107,7 +107,9 @@ class Cell:
 
     def prepare(self, timings: dict[str, float]) -> None:
         if not (self.corpus / "rationales.jsonl").is_file():
-            command = [*corpus_command(self.settings, self.corpus), "--signal_layout", self.layout]
+            command = corpus_command(self.settings, self.corpus)
+            if self.layout != "standard":  # the generator's default
+                command += ["--signal_layout", self.layout]
             timings[f"{self.name} corpus"] = run_command(command, self.logs / "corpus.log")
         if not (self.stage1 / "mllm_dr_adapter.json").is_file():
             timings[f"{self.name} stage1"] = run_command(

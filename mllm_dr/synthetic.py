@@ -110,6 +110,49 @@ VIDEO = FeatureSpec(
 )
 FEATURES = (AUDIO, VIDEO)
 
+
+@dataclass(frozen=True)
+class SignalLayout:
+    """How the audio/visual items are planted (``--signal_layout``): which dimensions carry an item,
+    how strongly, and on how much of the recording. The items, the background and the labels are
+    the same in every layout; only the planted vectors and their active frames differ."""
+
+    name: str
+    description: str
+    amplitude_scale: float = 1.0  # x FeatureSpec.amplitude
+    sparse_dims: int | None = None  # None: one dense random unit direction per item; k: k axis-aligned dims
+    active_fraction: tuple[float, float] | None = None  # None: the FeatureSpec's (35-65% of frames)
+    direction_seed: int = 0  # 0: the standard directions; otherwise other directions, from this seed
+
+    def amplitude(self, spec: FeatureSpec) -> float:
+        return spec.amplitude * self.amplitude_scale
+
+    def fraction(self, spec: FeatureSpec) -> tuple[float, float]:
+        return self.active_fraction or spec.active_fraction
+
+
+LAYOUTS: dict[str, SignalLayout] = {
+    layout.name: layout
+    for layout in (
+        SignalLayout("standard", "a dense random unit direction per item, amplitude 6 (audio) / 8 (video) per score "
+                     "step, on 35-65% of the frames"),
+        SignalLayout("sparse", "8 axis-aligned dimensions per item (other dimensions than standard's directions), "
+                     "the same norm, on 35-65% of the frames", sparse_dims=8, direction_seed=1),
+        SignalLayout("faint", "other dense directions at a quarter of the amplitude, on 35-65% of the frames",
+                     amplitude_scale=0.25, direction_seed=2),
+        SignalLayout("brief", "other dense directions in short bursts on 10-20% of the frames, at 3x the amplitude",
+                     amplitude_scale=3.0, active_fraction=(0.10, 0.20), direction_seed=3),
+    )
+}
+STANDARD = LAYOUTS["standard"]
+
+
+def signal_layout(name: str) -> SignalLayout:
+    """The layout called ``name``; one-line ``ValueError`` naming the known ones otherwise."""
+    if name not in LAYOUTS:
+        raise ValueError(f"unknown signal layout {name!r}; known: {', '.join(LAYOUTS)}")
+    return LAYOUTS[name]
+
 # --------------------------------------------------------------------------------------------
 # Transcript language. Each text item has, per score level, several phrasings that share a few
 # markers (so the level is learnable without being a lookup table). Nothing in the filler, the
@@ -481,13 +524,26 @@ def transcript_rows(participant: Participant, seed: int, turns: int, seconds: fl
 
 
 @cache
-def corpus_definition(spec_name: str) -> dict[str, Any]:
+def corpus_definition(spec_name: str, layout: SignalLayout = STANDARD) -> dict[str, Any]:
     """The fixed part of a modality (from ``SIGNAL_SEED`` only): per-dimension background mean and
-    noise scale, and one unit direction per planted item (orthogonal to each other)."""
+    noise scale, and one unit direction per planted item (orthogonal to each other). Another
+    ``layout`` keeps the background and draws other directions (dense, or ``sparse_dims`` signed
+    axis-aligned dimensions per item, disjoint between items)."""
     spec = {s.name: s for s in (*FEATURES, OPENFACE)}[spec_name]
     rng = _rng(SIGNAL_SEED, spec.dim)
     mean = (spec.background_mean + spec.background_mean_sd * rng.standard_normal(spec.dim)).astype(np.float32)
     scale = (spec.frame_sd * np.exp(0.25 * rng.standard_normal(spec.dim))).astype(np.float32)
+    if layout.direction_seed:
+        rng = _rng(SIGNAL_SEED, spec.dim, layout.direction_seed)
+    if layout.sparse_dims:
+        k = layout.sparse_dims
+        chosen = rng.choice(spec.dim, size=k * len(spec.items), replace=False).reshape(len(spec.items), k)
+        sparse = {}
+        for item, dims in zip(spec.items, chosen, strict=True):
+            vector = np.zeros(spec.dim, dtype=np.float32)
+            vector[np.sort(dims)] = rng.choice((-1.0, 1.0), size=k) / np.sqrt(k)
+            sparse[item] = vector
+        return {"mean": mean, "scale": scale, "directions": sparse}
     directions: dict[int, np.ndarray] = {}
     for item, raw in zip(spec.items, rng.standard_normal((len(spec.items), spec.dim)), strict=True):
         for previous in directions.values():  # Gram-Schmidt: orthonormal within the modality
@@ -497,9 +553,10 @@ def corpus_definition(spec_name: str) -> dict[str, Any]:
     return {"mean": mean, "scale": scale, "directions": directions}
 
 
-def signal_directions() -> dict[int, np.ndarray]:
-    """Item -> the unit direction planted for it (audio items are 768-dim, video items 2048-dim)."""
-    return {item: v.copy() for spec in FEATURES for item, v in corpus_definition(spec.name)["directions"].items()}
+def signal_directions(layout: str = "standard") -> dict[int, np.ndarray]:
+    """Item -> the unit direction planted for it in ``layout`` (audio items 768-dim, video items 2048-dim)."""
+    chosen = signal_layout(layout)
+    return {item: v.copy() for spec in FEATURES for item, v in corpus_definition(spec.name, chosen)["directions"].items()}
 
 
 def _segment_mask(rng: np.random.Generator, frames: int, rate: int, fraction: float) -> np.ndarray:
@@ -519,20 +576,21 @@ def _segment_mask(rng: np.random.Generator, frames: int, rate: int, fraction: fl
 
 
 def feature_chunks(
-    spec: FeatureSpec, frames: int, participant: Participant | CmdcSubject, seed: int, key: Sequence[int] | None = None
+    spec: FeatureSpec, frames: int, participant: Participant | CmdcSubject, seed: int, key: Sequence[int] | None = None,
+    layout: SignalLayout = STANDARD,
 ) -> Iterator[np.ndarray]:
     """Yields ``(<= CHUNK_FRAMES, dim)`` float32 chunks of one participant's feature sequence:
     corpus mean + participant offset + AR(1) frame noise + planted item signals (then ReLU for CNN
     features). Only ``spec.items`` influence the values. ``key`` names the random stream (default
     the participant id; a CMDC answer's is the subject code and the question)."""
-    definition = corpus_definition(spec.name)
+    definition = corpus_definition(spec.name, layout)
     key = (participant.pid,) if key is None else key
     rng = _rng(_TAG_AUDIO if spec.name == "audio" else _TAG_VIDEO, seed, *key)
     offset = definition["mean"] + (spec.offset_sd * rng.standard_normal(spec.dim)).astype(np.float32)
     signals = []
     for item in spec.items:
-        fraction = float(rng.uniform(*spec.active_fraction))
-        vector = (spec.amplitude * (participant.score(item) - 1.5) * definition["directions"][item]).astype(np.float32)
+        fraction = float(rng.uniform(*layout.fraction(spec)))
+        vector = (layout.amplitude(spec) * (participant.score(item) - 1.5) * definition["directions"][item]).astype(np.float32)
         signals.append((_segment_mask(rng, frames, spec.rate, fraction), vector))
     innovation = np.float32(np.sqrt(1.0 - spec.ar**2))
     ar = np.float32(spec.ar)
@@ -718,8 +776,23 @@ def write_rationale_file(path: Path, records: Sequence[Rationale]) -> None:
     append_jsonl(path, [asdict(record) for record in records])
 
 
+def _direction_text(spec: FeatureSpec, item: int, layout: SignalLayout) -> str:
+    """How an item's planted direction was drawn (signal_map.json)."""
+    row = spec.items.index(item)
+    if layout.sparse_dims:
+        return (f"{layout.sparse_dims} signed axis-aligned dimensions (+-1/sqrt({layout.sparse_dims})), row {row} of "
+                f"default_rng([{SIGNAL_SEED}, {spec.dim}, {layout.direction_seed}]).choice({spec.dim}, "
+                f"{layout.sparse_dims * len(spec.items)}, replace=False), listed in 'dimensions' "
+                "(corpus_definition / signal_directions(layout))")  # fmt: skip
+    rng = f"[{SIGNAL_SEED}, {spec.dim}]" + ("" if not layout.direction_seed else f" + [{layout.direction_seed}]")
+    return (f"row {row} of standard_normal(({len(spec.items)}, {spec.dim})) drawn from default_rng({rng}) "
+            + ("after the background mean and scale, " if not layout.direction_seed else "")
+            + "Gram-Schmidt orthonormalised in item order (corpus_definition / signal_directions())")
+
+
 def signal_map(corpus: Sequence[Participant], arguments: dict[str, Any]) -> dict[str, Any]:
     """Machine-readable description of what was planted (no paths, no times: deterministic)."""
+    layout = signal_layout(arguments.get("signal_layout", "standard"))
     items = {}
     for item in PHQ8_ITEMS:
         modality = ITEM_MODALITY[item.index]
@@ -733,27 +806,30 @@ def signal_map(corpus: Sequence[Participant], arguments: dict[str, Any]) -> dict
             spec = AUDIO if modality == "audio" else VIDEO
             entry.update(
                 file_suffix=spec.file_suffix,
-                direction=f"row {spec.items.index(item.index)} of standard_normal(({len(spec.items)}, {spec.dim})) "
-                f"drawn from default_rng([{SIGNAL_SEED}, {spec.dim}]) after the background mean and scale, "
-                "Gram-Schmidt orthonormalised in item order (corpus_definition / signal_directions())",
-                amplitude_per_score_step=spec.amplitude, centred_at=1.5,
+                direction=_direction_text(spec, item.index, layout),
+                amplitude_per_score_step=layout.amplitude(spec), centred_at=1.5,
             )
+            if layout.sparse_dims:
+                direction = corpus_definition(spec.name, layout)["directions"][item.index]
+                entry["dimensions"] = [int(d) for d in np.flatnonzero(direction)]
         items[str(item.index)] = entry
     features = {
         spec.name: {
             "file_suffix": spec.file_suffix, "dim": spec.dim, "frames_per_second": spec.rate, "items": list(spec.items),
-            "amplitude": spec.amplitude, "background_mean": spec.background_mean,
+            "amplitude": layout.amplitude(spec), "background_mean": spec.background_mean,
             "background_mean_sd": spec.background_mean_sd, "participant_offset_sd": spec.offset_sd,
             "frame_noise_sd": spec.frame_sd, "frame_noise_scale_lognormal_sd": 0.25, "ar1": spec.ar,
-            "relu": spec.relu, "active_fraction": list(spec.active_fraction),
+            "relu": spec.relu, "active_fraction": list(layout.fraction(spec)),
         }
         for spec in FEATURES
     }
+    planted = {"name": layout.name, "description": layout.description, "amplitude_scale": layout.amplitude_scale,
+               "sparse_dims": layout.sparse_dims, "direction_seed": layout.direction_seed}  # fmt: skip
     splits = {s: [p.pid for p in corpus if p.split == s] for s in ("train", "dev", "test")}
     totals = [p.total for p in corpus]
     return {
         "format": FORMAT, "version": VERSION, "synthetic": True, "seed": arguments["seed"],
-        "signal_seed": SIGNAL_SEED, "arguments": arguments, "cutoff": CUTOFF, "items": items,
+        "signal_seed": SIGNAL_SEED, "signal_layout": planted, "arguments": arguments, "cutoff": CUTOFF, "items": items,
         "features": features, "frames": frame_counts(arguments["seconds"]), "splits": splits,
         "summary": {
             "participants": len(corpus), "depressed": int(sum(t >= CUTOFF for t in totals)),
@@ -774,6 +850,7 @@ def synthetic_md(info: dict[str, Any]) -> str:
            else "")
         + ("" if args["text_noise"] == DEFAULT_TEXT_NOISE else f" --text_noise {args['text_noise']:g}")
         + ("" if args.get("phrasings") is None else f" --phrasings {args['phrasings']}")
+        + ("" if args.get("signal_layout", "standard") == "standard" else f" --signal_layout {args['signal_layout']}")
     )
     s = info["summary"]
     n_train, n_dev, n_test = (len(info["splits"][k]) for k in ("train", "dev", "test"))
@@ -798,6 +875,7 @@ Regenerate byte-identically with:
     {command}
 
 - Participants: {s['participants']} (train {n_train}, dev {n_dev}, test {n_test}).
+- Signal layout `{info.get('signal_layout', {}).get('name', 'standard')}`: {info.get('signal_layout', {}).get('description', LAYOUTS['standard'].description)}.
 - PHQ-8 total >= {info['cutoff']}: {s['depressed']}; mean total {s['mean_total']}, max {s['max_total']}.
 - Features per participant: {n_audio} HuBERT frames (768-dim, 50/s), {n_video} ResNet frames (2048-dim, 30/s).
 
@@ -888,11 +966,14 @@ def make_synthetic_corpus(
     item_correlation: float = DEFAULT_ITEM_CORRELATION,
     text_noise: float = DEFAULT_TEXT_NOISE,
     phrasings: int | None = None,
+    signal_layout_name: str = "standard",
 ) -> dict[str, Any]:
     """Writes the corpus to ``output`` atomically (built in a hidden sibling folder, renamed into
-    place) and returns a summary: output, splits (ids), frames, totals, files, bytes, elapsed_s."""
+    place) and returns a summary: output, splits (ids), frames, totals, files, bytes, elapsed_s.
+    ``signal_layout_name``: how the audio/visual items are planted (:data:`LAYOUTS`)."""
     began = time.perf_counter()
     output = Path(output).absolute()
+    layout = signal_layout(signal_layout_name)
     _check_arguments(seed, seconds, item_correlation, text_noise)
     if turns < 1:
         raise ValueError(f"turns must be >= 1, got {turns}")
@@ -905,7 +986,7 @@ def make_synthetic_corpus(
     arguments = {
         "participants": int(participants), "seed": seed, "seconds": seconds, "turns": int(turns),
         "test_item_labels": bool(test_item_labels), "item_correlation": float(item_correlation),
-        "text_noise": float(text_noise), "phrasings": phrasings,
+        "text_noise": float(text_noise), "phrasings": phrasings, "signal_layout": layout.name,
     }
     corpus = plan_corpus(participants, seed, item_correlation, text_noise, phrasings)
     frames = frame_counts(seconds)
@@ -918,11 +999,11 @@ def make_synthetic_corpus(
             _write_csv(folder / f"{p.pid}_Transcript.csv", TRANSCRIPT_COLUMNS, transcript_rows(p, seed, turns, seconds))
             write_npy_streaming(
                 folder / "features" / f"{p.pid}{AUDIO.file_suffix}", frames["audio"], AUDIO.dim,
-                feature_chunks(AUDIO, frames["audio"], p, seed),
+                feature_chunks(AUDIO, frames["audio"], p, seed, layout=layout),
             )
             write_mat_streaming(
                 folder / "features" / f"{p.pid}{VIDEO.file_suffix}", frames["video"], VIDEO.dim,
-                feature_chunks(VIDEO, frames["video"], p, seed),
+                feature_chunks(VIDEO, frames["video"], p, seed, layout=layout),
             )
         return _write_docs(staging, corpus, signal_map(corpus, arguments), synthetic_md, PHQ8_ITEMS)
 

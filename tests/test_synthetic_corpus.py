@@ -444,3 +444,72 @@ def test_cli_refuses_a_non_empty_output(tmp_path, capsys):
     assert synthetic_corpus.main(args) == 0
     assert synthetic_corpus.main(args) == 2 and "not empty" in capsys.readouterr().err
     assert synthetic_corpus.main(args + ["--force"]) == 0
+
+
+# ----------------------------------------------------------------------------- signal layouts (issue 15)
+def _file_hashes(root: Path, skip: tuple[str, ...] = ("SYNTHETIC.md", "signal_map.json")) -> dict[str, str]:
+    import hashlib
+
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name not in skip}  # fmt: skip
+
+
+def test_standard_layout_is_byte_identical_to_the_generator_before_layouts(tmp_path):
+    """The data files (labels, transcripts, features, rationales) of a small corpus, pinned to the
+    output of the generator before --signal_layout existed (only the two docs now name the layout)."""
+    import hashlib
+
+    synth.make_synthetic_corpus(tmp_path / "c", participants=10, seed=3)
+    listing = "".join(f"{digest}  ./{name}\n" for name, digest in _file_hashes(tmp_path / "c").items())
+    assert hashlib.sha256(listing.encode()).hexdigest() == "5aff2ee671ea3ce8ebc6704df72d02d63bf9952fd9ca1734b7bac4e26f7c8fce"
+
+
+def _pooled(corpus: Path, pid: int, modality: str) -> np.ndarray:
+    from mllm_dr.data import read_features
+
+    spec = synth.AUDIO if modality == "audio" else synth.VIDEO
+    return read_features([corpus / "data" / f"{pid}_P" / "features" / f"{pid}{spec.file_suffix}"], as_float32=True).mean(axis=0)
+
+
+@pytest.mark.parametrize("layout", [name for name in synth.LAYOUTS if name != "standard"])
+def test_each_layout_plants_its_items_recoverably_and_only_there(tmp_path, layout):
+    a, b, standard = tmp_path / "a", tmp_path / "b", tmp_path / "standard"
+    synth.make_synthetic_corpus(a, participants=30, seed=5, signal_layout_name=layout)
+    synth.make_synthetic_corpus(b, participants=30, seed=5, signal_layout_name=layout)
+    synth.make_synthetic_corpus(standard, participants=30, seed=5)
+    hashes, other = _file_hashes(a), _file_hashes(standard)
+    assert hashes == _file_hashes(b)  # deterministic
+    features = {name for name in hashes if name.endswith((".npy", ".mat"))}
+    assert all(hashes[n] != other[n] for n in features)  # other features...
+    assert all(hashes[n] == other[n] for n in set(hashes) - features)  # ...the same labels, transcripts, rationales
+    info = json.loads((a / "signal_map.json").read_text())
+    assert info["signal_layout"]["name"] == layout and info["arguments"]["signal_layout"] == layout
+    assert f"--signal_layout {layout}" in (a / "SYNTHETIC.md").read_text()
+    scores = {int(r["Participant"]): r for r in csv.DictReader(io.StringIO((a / "labels" / "detailed_lables.csv").read_text()))}
+    directions = synth.signal_directions(layout)
+    pids = sorted(scores)
+    recovered = []
+    for modality, items, others in (("audio", (4, 8), (5, 7)), ("video", (5, 7), (4, 8))):
+        pooled = np.stack([_pooled(a, pid, modality) for pid in pids])
+        for item in items:  # the mean-pooled projection on the planted direction follows the item's score
+            projection = pooled @ directions[item]
+            item_scores = [int(float(scores[pid][synth.DETAILED_LABELS_ITEMS[item - 1]])) for pid in pids]
+            recovered.append(spearmanr(projection, item_scores).statistic)
+            assert recovered[-1] > 0.3, (layout, modality, item, recovered[-1])
+        for item in others:  # this modality says nothing about the other modality's items beyond their correlation
+            other_scores = [int(float(scores[pid][synth.DETAILED_LABELS_ITEMS[item - 1]])) for pid in pids]
+            partial = [spearmanr(pooled @ directions[i], other_scores).statistic for i in items]
+            assert max(partial) < 0.9, (layout, modality, item)
+    assert np.mean(recovered) > 0.5, (layout, recovered)  # measured (30 participants, 4 s): 0.67-0.86 per layout
+    if layout == "sparse":
+        dims = info["items"]["4"]["dimensions"]
+        assert len(dims) == 8 and set(np.flatnonzero(directions[4])) == set(dims)
+
+
+def test_unknown_layout_and_cmdc_layout_refused(tmp_path, capsys):
+    with pytest.raises(ValueError, match="unknown signal layout 'loud'; known: standard"):
+        synth.make_synthetic_corpus(tmp_path / "x", participants=6, seed=0, signal_layout_name="loud")
+    code = synthetic_corpus.main(["--layout", "cmdc", "--output_dir", str(tmp_path / "c"), "--participants", "6",
+                                  "--seed", "0", "--signal_layout", "sparse"])  # fmt: skip
+    assert code == 2 and "--signal_layout does not apply to --layout cmdc" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists() and not (tmp_path / "c").exists()

@@ -4,6 +4,7 @@ rationales; or (``--layout cmdc``) in the CMDC layout (HC/HCxx, MDD/MDDxx with Q
 OpenFace Q<n>.csv; labels.csv; PHQ-9). The same arguments give byte-identical files.
 
     mllm-dr-synthetic-corpus --output_dir runs/synthetic --participants 60 --seed 0
+    mllm-dr-synthetic-corpus --output_dir runs/synthetic-sparse --participants 60 --seed 0 --signal_layout sparse
     mllm-dr-synthetic-corpus --layout cmdc --output_dir runs/synthetic-cmdc --participants 78 --seed 0
 """
 
@@ -19,11 +20,12 @@ from ..synthetic import (
     DEFAULT_ITEM_CORRELATION,
     DEFAULT_TEXT_NOISE,
     DEFAULT_VIDEO_SHARE,
+    LAYOUTS,
     make_synthetic_cmdc,
     make_synthetic_corpus,
 )
 
-EDAIC_ONLY = ("turns", "test_item_labels", "phrasings")
+EDAIC_ONLY = ("turns", "test_item_labels", "phrasings", "signal_layout")
 CMDC_ONLY = ("video_share",)
 
 
@@ -74,6 +76,13 @@ class SyntheticCorpusArguments:
         metadata={"help": "CMDC: share of subjects with video (an evenly spread share, the first always; default "
                   "45/78 as in CMDC); the others have no Q<n>.csv (a missing modality)."},
     )
+    signal_layout: str = field(
+        default="standard",
+        metadata={"help": "E-DAIC: how the audio/visual items are planted (labels and transcripts stay the same): "
+                  + "; ".join(f"{name}: {layout.description}" for name, layout in LAYOUTS.items()).replace("%", "%%")
+                  + ".",
+                  "choices": list(LAYOUTS)},
+    )
     force: bool = field(default=False, metadata={"help": "Replace an existing synthetic corpus at --output_dir."})
 
 
@@ -100,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             summary = make_synthetic_corpus(
                 args.output_dir, args.participants, args.seed, turns=args.turns, test_item_labels=args.test_item_labels,
-                phrasings=args.phrasings, **common,
+                phrasings=args.phrasings, signal_layout_name=args.signal_layout, **common,
             )  # fmt: skip
     except (FileExistsError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
