@@ -133,11 +133,15 @@ class Cell:
 
 
 def run_cell(cell: Cell, recipes: list[str], baselines: list[str], timings: dict[str, float]) -> dict[str, Any]:
+    """The cell's test figures per recipe (every score source) and baseline, and under ``dev`` the
+    same for the dev split (recipes and train-mean: where defaults are chosen, never on test)."""
     cell.prepare(timings)
     results: dict[str, Any] = {}
+    dev: dict[str, Any] = {}
     for recipe in recipes:
         model = cell.train(recipe, RECIPES[recipe], timings)
-        cell.evaluate(recipe, ["--model", str(model / "merged")], timings, split="dev")
+        dev_metrics = cell.evaluate(recipe, ["--model", str(model / "merged")], timings, split="dev")
+        dev[recipe] = {source: summarise(dev_metrics, source) for source in SOURCES if source != "combined"}
         dev_dir = cell.root / "eval" / f"{recipe}_dev"
         metrics = cell.evaluate(recipe, ["--model", str(model / "merged"), "--fit_text_weight_on", str(dev_dir)], timings)
         results[recipe] = {source: summarise(metrics, source) for source in SOURCES}
@@ -145,12 +149,16 @@ def run_cell(cell: Cell, recipes: list[str], baselines: list[str], timings: dict
         results[recipe]["text_weight"] = None if weight is None else weight["value"]
     if "train_mean" in baselines:
         results["train_mean"] = summarise(cell.evaluate("train_mean", ["--train_mean"], timings), None)
+        if recipes:
+            dev["train_mean"] = summarise(cell.evaluate("train_mean", ["--train_mean"], timings, split="dev"), None)
     if "zero_shot" in baselines:
         results["zero_shot"] = summarise(cell.evaluate("zero_shot", ["--zero_shot", "--model", str(backbone_dir())], timings), None)
     if "text_only" in baselines:
         folder, train_flags, eval_extra = TEXT_ONLY
         model = cell.train(folder, train_flags, timings, from_stage1=False)
         results["text_only"] = summarise(cell.evaluate(folder, ["--model", str(model / "merged"), *eval_extra], timings), None)
+    if dev:
+        results["dev"] = dev
     return results
 
 
@@ -169,6 +177,8 @@ def table(cells: dict[str, dict[str, Any]]) -> str:
     names: list[tuple[str, str | None]] = []
     for results in cells.values():
         for key, value in results.items():
+            if key == "dev":
+                continue
             entries = [(key, s) for s in SOURCES if value.get(s)] if key in RECIPES else [(key, None)]
             names += [n for n in entries if n not in names]
     fmt = lambda m, s: "n/a" if m is None else f"{m:.3f} ± {s:.3f}"  # noqa: E731
@@ -199,6 +209,24 @@ def table(cells: dict[str, dict[str, Any]]) -> str:
     return markdown_table(headers, rows_out)
 
 
+def dev_table(cells: dict[str, dict[str, Any]]) -> str:
+    """The same table on the dev split (no ``combined``: its weight is fitted there), for the cells
+    that recorded one: the split on which a default is chosen."""
+    return table({name: results["dev"] for name, results in cells.items() if "dev" in results})
+
+
+def carried_cells(path: Path | None, computed: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The cells of an earlier results file that this run does not compute, and where each came from
+    (that file's command, date and commit, or its own record of an earlier one)."""
+    if path is None:
+        return {}, {}
+    earlier = json.loads(path.read_text())
+    cells = {name: value for name, value in earlier["cells"].items() if name not in computed}
+    origin = {key: earlier.get(key) for key in ("command", "date", "git_commit")}
+    sources = {name: (earlier.get("cell_sources") or {}).get(name, origin) for name in cells}
+    return cells, sources
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--run_dir", type=Path, required=True)
@@ -211,8 +239,15 @@ def main(argv: list[str] | None = None) -> int:
                         help="a finished `make demo` run: its corpus, stage 1 and stage 2 are the cell (its seed, standard)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 12 participants, 2 stage-1 steps, 0.1 epoch")
     parser.add_argument("--output", default=None, help="results JSON (default benchmarks/results/learning.json)")
+    parser.add_argument("--carry", type=Path, default=None,
+                        help="an earlier results JSON whose other cells join the table (each with its command, date "
+                             "and commit under cell_sources); the cells this run lists are computed anew")
     args = parser.parse_args(argv)
     check_recipes()
+    argv_text = " ".join(["python benchmarks/learning.py", *(argv if argv is not None else sys.argv[1:])])
+    this_run = {"command": argv_text, "date": time.strftime("%Y-%m-%d"), "git_commit": git_commit()}
+    planned = {f"seed{seed}-{layout}" for layout in args.layouts for seed in args.seeds}
+    carried, cell_sources = carried_cells(args.carry, planned)
 
     settings = DemoSettings(precision=args.precision).resolved()
     if args.quick:
@@ -223,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"backbone: {prepare_backbone(backbone_dir())}", flush=True)
     timings_path = args.run_dir / "timings.json"
     timings: dict[str, float] = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    cells: dict[str, dict[str, Any]] = {}
+    cells: dict[str, dict[str, Any]] = dict(carried)
     for layout in args.layouts:
         for seed in args.seeds:
             reuse = demo_settings is not None and layout == "standard" and seed == demo_settings.seed
@@ -231,17 +266,18 @@ def main(argv: list[str] | None = None) -> int:
             cell = Cell(args.run_dir, cell_settings, layout, args.demo_run if reuse else None)
             started = time.perf_counter()
             cells[cell.name] = run_cell(cell, args.recipes, args.baselines, timings)
+            cell_sources[cell.name] = this_run
             write_json(timings_path, timings)
             print(f"{cell.name}: done in {time.perf_counter() - started:.0f} s", flush=True)
             result = {
-                "command": " ".join(["python benchmarks/learning.py", *(argv if argv is not None else sys.argv[1:])]),
-                "date": time.strftime("%Y-%m-%d"), "git_commit": git_commit(), "machine": machine_facts(),
-                "settings": asdict(settings),
+                **this_run, "machine": machine_facts(), "settings": asdict(settings),
                 "demo_run": None if args.demo_run is None else str(args.demo_run),
-                "timings_s": {k: round(v, 1) for k, v in timings.items()}, "cells": cells, "table": table(cells),
+                "timings_s": {k: round(v, 1) for k, v in timings.items()}, "cells": cells, "cell_sources": cell_sources,
+                "table": table(cells), "dev_table": dev_table(cells),
             }  # fmt: skip
             write_json(result_path("learning", args.quick, args.output), result)  # after every cell: partial results
-            write_text_atomic(args.run_dir / "learning.md", result["table"] + "\n")
+            write_text_atomic(args.run_dir / "learning.md",
+                              f"## Test\n\n{result['table']}\n\n## Dev\n\n{result['dev_table']}\n")
     print(table(cells))
     return 0
 

@@ -142,7 +142,7 @@ def test_learning_matrix_resumes_finished_cells_and_tabulates_the_goal(tmp_path,
     script = str(ROOT / "benchmarks" / "learning.py")
     run_dir = tmp_path / "learning"
     mean = {str(i): 1.0 for i in range(1, 9)}
-    for seed, factor in ((0, 0.5), (1, 0.9)):
+    for seed, factor in ((0, 0.5), (1, 0.9), (2, 0.6)):
         cell = run_dir / f"seed{seed}-standard"
         (cell / "corpus").mkdir(parents=True)
         (cell / "corpus" / "rationales.jsonl").write_text("")
@@ -154,6 +154,7 @@ def test_learning_matrix_resumes_finished_cells_and_tabulates_the_goal(tmp_path,
         _fake_eval(cell / "eval" / "demo_dev", trained, sources=True)
         _fake_eval(cell / "eval" / "demo_test", trained, sources=True, weight=0.4)
         _fake_eval(cell / "eval" / "train_mean_test", mean, sources=False)
+        _fake_eval(cell / "eval" / "train_mean_dev", mean, sources=False)
     output = tmp_path / "learning.json"
     done = subprocess.run([sys.executable, script, "--run_dir", str(run_dir), "--seeds", "0", "1", "--layouts", "standard",
                            "--output", str(output)], capture_output=True, text=True, timeout=300)  # fmt: skip
@@ -166,6 +167,22 @@ def test_learning_matrix_resumes_finished_cells_and_tabulates_the_goal(tmp_path,
     assert "0.700 ± 0.283" in lines["demo: generated_with_head_fallback"] and "+30%" in lines["demo: generated_with_head_fallback"]
     assert lines["demo: generated_with_head_fallback"].endswith("| 1/2 |")
     assert lines["demo: combined"].endswith("| 2/2 |") and lines["train_mean"].endswith("| 0/2 |")
-    assert (run_dir / "learning.md").read_text().strip() == result["table"]
+    written = (run_dir / "learning.md").read_text()
+    assert result["table"] in written and result["dev_table"] in written
     assert not (run_dir / "seed0-standard" / "logs").exists()  # nothing ran
+    # dev: the same table without combined (its weight is fitted there), from the dev evaluations
+    dev_lines = {line.split(" | ")[0].strip("| "): line for line in result["dev_table"].splitlines()}
+    assert dev_lines["demo: generated_with_head_fallback"].endswith("| 1/2 |") and "demo: combined" not in dev_lines
+    assert result["cells"]["seed1-standard"]["dev"]["demo"]["head"]["groups"]["video"] == pytest.approx(0.72)
+
+    # a later run of another cell carries the earlier cells, each with where it came from
+    first = result["command"]
+    later = subprocess.run([sys.executable, script, "--run_dir", str(run_dir), "--seeds", "2", "1", "--layouts", "standard",
+                            "--output", str(output), "--carry", str(output)], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert later.returncode == 0, later.stderr[-2000:]
+    merged = json.loads(output.read_text())
+    assert sorted(merged["cells"]) == ["seed0-standard", "seed1-standard", "seed2-standard"]
+    assert merged["cell_sources"]["seed0-standard"]["command"] == first  # carried
+    assert merged["cell_sources"]["seed1-standard"]["command"] == merged["command"] != first  # listed: computed anew
+    assert merged["table"].splitlines()[2].split(" | ")[1].strip() == "3"
 
