@@ -8,7 +8,9 @@ seeds and planted signal layouts? One command runs the matrix recipe x seed x la
 Each cell (seed, layout) is a synthetic corpus (``mllm-dr-synthetic-corpus --seed S --signal_layout L``,
 the demo's size: ~36/12/12 train/dev/test), on which every recipe is trained with the demo's flags
 (``mllm_dr.demo``: stage 1 with the alignment probe, stage 2, SmolLM2-135M, greedy) plus the
-recipe's own flags, then evaluated on dev and on test, the test run fitting the text/head weight of
+recipe's own changes (``RECIPES``: ``score_first`` writes the score before the rationale,
+``lora_qkvo`` puts LoRA on all four attention projections, ``stage1_120`` doubles stage 1 in its own
+folder), then evaluated on dev and on test, the test run fitting the text/head weight of
 ``--score_source combined`` on the dev run (never on test). One generation per model gives every
 score source (``metrics.json`` ``score_sources``): the paper's ``generated_with_head_fallback``, the
 ``expected`` score under the digit probabilities, the MAA ``head`` alone and the dev-fitted
@@ -29,7 +31,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, fields, replace
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,11 +51,25 @@ from mllm_dr.io import write_text_atomic
 from _common import git_commit, machine_facts, markdown_table, result_path, run_command, write_json
 
 GROUPS = {"text": (1, 2, 3, 6), "audio": (4, 8), "video": (5, 7)}  # where the synthetic corpus plants each item
-# Recipes: extra stage-2 training flags on top of the demo's (the stage 1 is the demo's, shared).
-RECIPES: dict[str, list[str]] = {
-    "demo": [],
-    "score_first": ["--answer_order", "score_first"],
-    "lora_qkvo": ["--lora_target_modules", r"language_model\..*\.(q_proj|k_proj|v_proj|o_proj)"],
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What a recipe changes from the demo's: ``DemoSettings`` fields (e.g. the stage-1 length) and
+    extra stage-2 flags. A recipe whose stage-1 command equals the demo's shares the cell's stage 1."""
+
+    stage2_flags: tuple[str, ...] = ()
+    settings: tuple[tuple[str, Any], ...] = ()  # (DemoSettings field, value) pairs
+
+    def applied(self, settings: DemoSettings) -> DemoSettings:
+        return replace(settings, **dict(self.settings))
+
+
+RECIPES: dict[str, Recipe] = {
+    "demo": Recipe(),
+    "score_first": Recipe(("--answer_order", "score_first")),
+    "lora_qkvo": Recipe(("--lora_target_modules", r"language_model\..*\.(q_proj|k_proj|v_proj|o_proj)")),
+    "stage1_120": Recipe(settings=(("stage1_steps", 120),)),
 }
 BASELINES = ("train_mean", "zero_shot", "text_only")
 SOURCES = ("generated_with_head_fallback", "expected", "head", "combined")
@@ -66,10 +82,14 @@ def check_recipes() -> None:
     from mllm_dr.commands import train
 
     known = {f"--{prefix}{f.name}" for cls in train.ARGUMENTS for f in fields(cls) for prefix in ("", "no_")}
-    for name, flags in RECIPES.items():
-        unknown = [flag for flag in flags if flag.startswith("--") and flag not in known]
+    settings = {f.name for f in fields(DemoSettings)}
+    for name, recipe in RECIPES.items():
+        unknown = [flag for flag in recipe.stage2_flags if flag.startswith("--") and flag not in known]
         if unknown:
             raise SystemExit(f"recipe {name!r}: {unknown} are not mllm-dr-train flags")
+        unknown = [key for key, _ in recipe.settings if key not in settings]
+        if unknown:
+            raise SystemExit(f"recipe {name!r}: {unknown} are not DemoSettings fields")
 
 
 def group_mae(per_item: dict[str, float]) -> dict[str, float | None]:
@@ -111,15 +131,32 @@ class Cell:
             if self.layout != "standard":  # the generator's default
                 command += ["--signal_layout", self.layout]
             timings[f"{self.name} corpus"] = run_command(command, self.logs / "corpus.log")
-        if not (self.stage1 / "mllm_dr_adapter.json").is_file():
-            timings[f"{self.name} stage1"] = run_command(
-                stage1_command(self.settings, self.corpus, self.stage1), self.logs / "stage1.log")
+        self.stage1_for("demo", timings)
 
-    def train(self, recipe: str, extra: list[str], timings: dict[str, float], from_stage1: bool = True) -> Path:
+    def stage1_for(self, recipe: str, timings: dict[str, float]) -> Path:
+        """The cell's stage 1, or the recipe's own where its settings change the stage-1 command."""
+        settings = RECIPES[recipe].applied(self.settings)
+        own = stage1_command(settings, self.corpus, self.stage1) != stage1_command(self.settings, self.corpus, self.stage1)
+        folder = self.root / f"stage1_{recipe}" if own else self.stage1
+        if not (folder / "mllm_dr_adapter.json").is_file():
+            timings[f"{self.name} stage1{f' {recipe}' if own else ''}"] = run_command(
+                stage1_command(settings, self.corpus, folder), self.logs / f"stage1{f'_{recipe}' if own else ''}.log")
+        return folder
+
+    def train(self, recipe: str, timings: dict[str, float]) -> Path:
         out = self.model(recipe)
         if not (out / "merged" / "config.json").is_file():
-            command = stage2_command(self.settings, self.corpus, out, self.stage1 if from_stage1 else None, extra)
+            command = stage2_command(RECIPES[recipe].applied(self.settings), self.corpus, out,
+                                     self.stage1_for(recipe, timings), list(RECIPES[recipe].stage2_flags))
             timings[f"{self.name} train {recipe}"] = run_command(command, self.logs / f"train_{recipe}.log")
+        return out
+
+    def train_text_only(self, timings: dict[str, float]) -> Path:
+        folder, flags, _ = TEXT_ONLY
+        out = self.root / "stage2" / folder
+        if not (out / "merged" / "config.json").is_file():
+            command = stage2_command(self.settings, self.corpus, out, None, flags)
+            timings[f"{self.name} train {folder}"] = run_command(command, self.logs / f"train_{folder}.log")
         return out
 
     def evaluate(self, name: str, flags: list[str], timings: dict[str, float], split: str = "test") -> dict[str, Any]:
@@ -139,7 +176,7 @@ def run_cell(cell: Cell, recipes: list[str], baselines: list[str], timings: dict
     results: dict[str, Any] = {}
     dev: dict[str, Any] = {}
     for recipe in recipes:
-        model = cell.train(recipe, RECIPES[recipe], timings)
+        model = cell.train(recipe, timings)
         dev_metrics = cell.evaluate(recipe, ["--model", str(model / "merged")], timings, split="dev")
         dev[recipe] = {source: summarise(dev_metrics, source) for source in SOURCES if source != "combined"}
         dev_dir = cell.root / "eval" / f"{recipe}_dev"
@@ -154,8 +191,8 @@ def run_cell(cell: Cell, recipes: list[str], baselines: list[str], timings: dict
     if "zero_shot" in baselines:
         results["zero_shot"] = summarise(cell.evaluate("zero_shot", ["--zero_shot", "--model", str(backbone_dir())], timings), None)
     if "text_only" in baselines:
-        folder, train_flags, eval_extra = TEXT_ONLY
-        model = cell.train(folder, train_flags, timings, from_stage1=False)
+        folder, _, eval_extra = TEXT_ONLY
+        model = cell.train_text_only(timings)
         results["text_only"] = summarise(cell.evaluate(folder, ["--model", str(model / "merged"), *eval_extra], timings), None)
     if dev:
         results["dev"] = dev

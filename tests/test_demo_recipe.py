@@ -148,20 +148,24 @@ def test_learning_matrix_resumes_finished_cells_and_tabulates_the_goal(tmp_path,
         (cell / "corpus" / "rationales.jsonl").write_text("")
         (cell / "stage1").mkdir()
         (cell / "stage1" / "mllm_dr_adapter.json").write_text("{}")
-        (cell / "stage2" / "demo" / "merged").mkdir(parents=True)
-        (cell / "stage2" / "demo" / "merged" / "config.json").write_text("{}")
+        (cell / "stage1_stage1_120").mkdir()  # a recipe that changes stage 1 has its own
+        (cell / "stage1_stage1_120" / "mllm_dr_adapter.json").write_text("{}")
         trained = {k: v * factor for k, v in mean.items()}
-        _fake_eval(cell / "eval" / "demo_dev", trained, sources=True)
-        _fake_eval(cell / "eval" / "demo_test", trained, sources=True, weight=0.4)
+        for recipe in ("demo", "stage1_120"):
+            (cell / "stage2" / recipe / "merged").mkdir(parents=True)
+            (cell / "stage2" / recipe / "merged" / "config.json").write_text("{}")
+            _fake_eval(cell / "eval" / f"{recipe}_dev", trained, sources=True)
+            _fake_eval(cell / "eval" / f"{recipe}_test", trained, sources=True, weight=0.4)
         _fake_eval(cell / "eval" / "train_mean_test", mean, sources=False)
         _fake_eval(cell / "eval" / "train_mean_dev", mean, sources=False)
     output = tmp_path / "learning.json"
     done = subprocess.run([sys.executable, script, "--run_dir", str(run_dir), "--seeds", "0", "1", "--layouts", "standard",
-                           "--output", str(output)], capture_output=True, text=True, timeout=300)  # fmt: skip
+                           "--recipes", "demo", "stage1_120", "--output", str(output)], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(output.read_text())
     assert result["cells"]["seed0-standard"]["demo"]["text_weight"] == 0.4
     assert result["cells"]["seed1-standard"]["demo"]["head"]["groups"]["audio"] == pytest.approx(0.72)
+    assert "stage1_120: combined" in result["table"]
     lines = {line.split(" | ")[0].strip("| "): line for line in result["table"].splitlines()}
     # generated: 0.5 and 0.9 of train-mean -> gains 50% and 10%: the 15% goal holds in one cell of two
     assert "0.700 ± 0.283" in lines["demo: generated_with_head_fallback"] and "+30%" in lines["demo: generated_with_head_fallback"]
