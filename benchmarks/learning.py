@@ -3,7 +3,8 @@
 seeds and planted signal layouts? One command runs the matrix recipe x seed x layout:
 
     python benchmarks/learning.py --run_dir runs/learning [--seeds 0 1 2] [--layouts standard sparse]
-        [--recipes demo] [--baselines train_mean] [--demo_run runs/demo-<time>]
+        [--recipes demo] [--baselines train_mean] [--seconds 4] [--demo_run runs/demo-<time>]
+        [--carry benchmarks/results/learning.json]
 
 Each cell (seed, layout) is a synthetic corpus (``mllm-dr-synthetic-corpus --seed S --signal_layout L``,
 the demo's size: ~36/12/12 train/dev/test), on which every recipe is trained with the demo's flags
@@ -108,12 +109,17 @@ def summarise(metrics: dict[str, Any], source: str | None) -> dict[str, Any]:
     return {"ccc": values.get("ccc"), "mae": values.get("mae"), "groups": group_mae(values.get("per_item_mae") or {})}
 
 
+def cell_name(seed: int, layout: str, seconds: float) -> str:
+    """``seed<S>-<layout>``, with ``-<seconds>s`` for feature sequences other than the demo's 4 s."""
+    return f"seed{seed}-{layout}" + ("" if seconds == DemoSettings.seconds else f"-{seconds:g}s")
+
+
 class Cell:
     """One (seed, layout): its corpus, shared stage 1 and the folders of its models and evaluations."""
 
     def __init__(self, root: Path, settings: DemoSettings, layout: str, demo_run: Path | None):
         self.settings, self.layout = settings, layout
-        self.name = f"seed{settings.seed}-{layout}"
+        self.name = cell_name(settings.seed, layout, settings.seconds)
         self.root = root / self.name
         self.demo_run = demo_run
         self.corpus = (demo_run / "corpus") if demo_run else self.root / "corpus"
@@ -274,6 +280,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--precision", choices=list(PRECISIONS), default="auto")
     parser.add_argument("--demo_run", type=Path, default=None,
                         help="a finished `make demo` run: its corpus, stage 1 and stage 2 are the cell (its seed, standard)")
+    parser.add_argument("--seconds", type=float, default=DemoSettings.seconds,
+                        help="feature length of the cells' corpora in seconds (the demo's: 4; the issue asks up to 20)")
     parser.add_argument("--quick", action="store_true", help="a smoke run: 12 participants, 2 stage-1 steps, 0.1 epoch")
     parser.add_argument("--output", default=None, help="results JSON (default benchmarks/results/learning.json)")
     parser.add_argument("--carry", type=Path, default=None,
@@ -283,10 +291,10 @@ def main(argv: list[str] | None = None) -> int:
     check_recipes()
     argv_text = " ".join(["python benchmarks/learning.py", *(argv if argv is not None else sys.argv[1:])])
     this_run = {"command": argv_text, "date": time.strftime("%Y-%m-%d"), "git_commit": git_commit()}
-    planned = {f"seed{seed}-{layout}" for layout in args.layouts for seed in args.seeds}
+    planned = {cell_name(seed, layout, args.seconds) for layout in args.layouts for seed in args.seeds}
     carried, cell_sources = carried_cells(args.carry, planned)
 
-    settings = DemoSettings(precision=args.precision).resolved()
+    settings = DemoSettings(precision=args.precision, seconds=args.seconds).resolved()
     if args.quick:
         settings = replace(settings, participants=12, stage1_steps=2, stage2_epochs=0.1, max_new_tokens=24)
     demo_settings = None
@@ -298,7 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     cells: dict[str, dict[str, Any]] = dict(carried)
     for layout in args.layouts:
         for seed in args.seeds:
-            reuse = demo_settings is not None and layout == "standard" and seed == demo_settings.seed
+            reuse = demo_settings is not None and layout == "standard" and (seed, args.seconds) == (
+                demo_settings.seed, demo_settings.seconds)
             cell_settings = demo_settings if reuse else replace(settings, seed=seed)
             cell = Cell(args.run_dir, cell_settings, layout, args.demo_run if reuse else None)
             started = time.perf_counter()
