@@ -25,6 +25,11 @@ variant, but not a changed word in a short sentence). Quotes shorter than
 :data:`FUZZY_MIN_CHARS` normalised characters must appear exactly, on word boundaries: a fuzzy
 score means little for a word or two. A quote with an ellipsis (``...``, ``…``) is matched piece by
 piece and is found when every piece is. The quote links to the line of its best match, found or not.
+
+**The answer option a rationale names.** A rationale that ends "the frequency that fits best is
+'nearly every day'" and then writes ``Score: 1`` contradicts itself; :func:`named_option` reads the
+option (the last one named in quotes) so that evaluation can count such contradictions and
+``mllm-dr-predict`` can flag them.
 """
 
 from __future__ import annotations
@@ -64,6 +69,7 @@ def normalise(text: str) -> str:
 
 
 _OPTIONS = {normalise(option) for option in ANSWER_OPTIONS}
+_OPTIONS_INDEX = {normalise(option): score for score, option in enumerate(ANSWER_OPTIONS)}
 
 
 @dataclass(frozen=True)
@@ -78,6 +84,20 @@ class Span:
 
 def extract_quotes(rationale: str) -> list[Span]:
     """The quoted spans of ``rationale`` in order, by the rules in this module's docstring."""
+    return [span for span in _quoted(rationale) if normalise(span.text) not in _OPTIONS]
+
+
+def named_option(rationale: str | None) -> int | None:
+    """The score of the answer option a rationale names last in quotes (``... fits best is 'several
+    days'`` -> 1), or None where it names none. Unquoted mentions do not count: ``"not at all
+    interested"`` in prose describes the participant, not the scale."""
+    named = [normalise(span.text) for span in _quoted(rationale or "")]
+    options = [_OPTIONS_INDEX[text] for text in named if text in _OPTIONS_INDEX]
+    return options[-1] if options else None
+
+
+def _quoted(rationale: str) -> list[Span]:
+    """Every quoted span (answer options included) of at least :data:`MIN_QUOTE_CHARS`, in order."""
     spans: list[Span] = []
     taken: list[tuple[int, int]] = []
     for match in _DOUBLE.finditer(rationale):
@@ -89,12 +109,7 @@ def extract_quotes(rationale: str) -> list[Span]:
             continue  # single quotes inside a double-quoted span
         if len(normalise(match.group(1)).split()) >= MIN_SINGLE_QUOTED_WORDS:
             spans.append(Span(match.group(1), match.start(1), match.end(1)))
-    kept = []
-    for span in sorted(spans, key=lambda s: s.start):
-        words = normalise(span.text)
-        if len(words) >= MIN_QUOTE_CHARS and words not in _OPTIONS:
-            kept.append(span)
-    return kept
+    return [span for span in sorted(spans, key=lambda s: s.start) if len(normalise(span.text)) >= MIN_QUOTE_CHARS]
 
 
 @dataclass(frozen=True)
@@ -202,11 +217,22 @@ def unfounded_sentence(quote: Quote | Mapping[str, Any]) -> str:
     return f"the rationale quotes \"{q['text']}\", which is not in the transcript{nearest}"
 
 
+def contradiction_sentence(rationale: str | None, parsed_score: int | None) -> str | None:
+    """A flag's sentence where the rationale names an answer option other than the score written
+    after it; None where it agrees, names none or the output was not parsed."""
+    option = named_option(rationale)
+    if option is None or parsed_score is None or option == parsed_score:
+        return None
+    return f"the rationale names '{ANSWER_OPTIONS[option]}' ({option}) but the score written after it is {parsed_score}"
+
+
 def evidence_summary(records: Iterable[Mapping[str, Any]], threshold: float = DEFAULT_THRESHOLD,
                      examples: int = 5) -> dict[str, Any]:  # fmt: skip
     """``metrics.json``'s ``evidence``: of the records with a rationale (each with its ``quotes``),
     the share with at least one quote and the share of quotes found in the transcript (the
-    faithfulness rate; None without quotes), plus the first ``examples`` unfounded quotes."""
+    faithfulness rate; None without quotes), plus the first ``examples`` unfounded quotes; and of the
+    parsed rationales that name an answer option in quotes (:func:`named_option`), the share whose
+    option is the score written after it (``option_agreement_rate``) with the first contradictions."""
     rationales = [r for r in records if r.get("rationale")]
     quotes = [(r, q) for r in rationales for q in r.get("quotes") or []]
     found = sum(bool(q["found"]) for _, q in quotes)
@@ -216,6 +242,14 @@ def evidence_summary(records: Iterable[Mapping[str, Any]], threshold: float = DE
         for r, q in quotes if not q["found"]
     ]  # fmt: skip
     with_quote = sum(bool(r.get("quotes")) for r in rationales)
+    # The answer option the rationale names against the score written after it (parsed outputs only).
+    naming = [(r, named_option(r["rationale"])) for r in rationales if r.get("parsed_score") is not None]
+    naming = [(r, option) for r, option in naming if option is not None]
+    contradicting = [
+        {"participant_id": str(r["participant_id"]), "item_index": int(r["item_index"]), "named": ANSWER_OPTIONS[option],
+         "named_score": option, "parsed_score": r["parsed_score"]}
+        for r, option in naming if option != r["parsed_score"]
+    ]  # fmt: skip
     return {
         "rationales": len(rationales),
         "with_quote": with_quote,
@@ -225,6 +259,10 @@ def evidence_summary(records: Iterable[Mapping[str, Any]], threshold: float = DE
         "faithfulness_rate": found / len(quotes) if quotes else None,
         "threshold": threshold,
         "unfounded_examples": unfounded[:examples],
+        "naming_an_option": len(naming),
+        "option_agrees": len(naming) - len(contradicting),
+        "option_agreement_rate": (len(naming) - len(contradicting)) / len(naming) if naming else None,
+        "contradicting_examples": contradicting[:examples],
     }
 
 
@@ -251,6 +289,12 @@ def evidence_lines(summary: Mapping[str, Any] | None) -> list[str]:
         f"({share(summary['faithfulness_rate'])}); matched after normalising case and punctuation, fuzzy "
         f"similarity >= {summary['threshold']:g}/100 (mllm_dr.evidence)",
     ]
+    if summary.get("naming_an_option"):
+        lines.append(
+            f"- Rationales naming an answer option ('several days', ...) that agrees with the score written after it: "
+            f"{summary['option_agrees']} of {summary['naming_an_option']} ({share(summary['option_agreement_rate'])})")
+        lines += [f"  - contradiction: participant {e['participant_id']}, item {e['item_index']}: names '{e['named']}' "
+                  f"({e['named_score']}), scores {e['parsed_score']}" for e in summary.get("contradicting_examples") or []]
     for example in summary["unfounded_examples"]:
         closest = "" if example["closest_line"] is None else f", closest line {example['closest_line']}"
         lines.append(f"  - not in the transcript: participant {example['participant_id']}, item "
@@ -285,7 +329,9 @@ __all__ = [
     "attach_quotes",
     "check_quotes",
     "evidence_lines",
+    "contradiction_sentence",
     "evidence_summary",
+    "named_option",
     "extract_quotes",
     "interview_texts",
     "mark_quotes",

@@ -20,6 +20,8 @@ from mllm_dr.commands import predict
 from mllm_dr.data import load_rationales, read_transcript
 from mllm_dr.data.transcripts import TranscriptLine, transcript_lines
 from mllm_dr.evidence import (
+    contradiction_sentence,
+    named_option,
     DEFAULT_THRESHOLD,
     Transcript,
     attach_quotes,
@@ -192,6 +194,34 @@ def test_summary_counts_rationales_with_quotes_and_quotes_found():
     lines = "\n".join(evidence_lines(summary))
     assert "Rationales quoting the interview: 2 of 4 (50.0%)" in lines
     assert "faithfulness): 2 of 3 (66.7%)" in lines and '"i love my job"' in lines
+
+
+def test_the_answer_option_a_rationale_names_is_read_and_checked_against_its_score():
+    assert named_option("The frequency that fits best is 'Nearly every day'.") == 3
+    assert named_option("between 'not at all' and \"several days\"; 'several days' fits") == 1  # the last named
+    assert named_option("he is not at all interested in several days out") is None  # prose, not the scale
+    assert named_option(None) is None and named_option('says "i sleep fine"') is None
+    assert contradiction_sentence("fits best is 'several days'", 1) is None
+    assert contradiction_sentence("fits best is 'several days'", None) is None  # unparsed: flagged otherwise
+    assert contradiction_sentence("fits best is 'nearly every day'", 1) == (
+        "the rationale names 'nearly every day' (3) but the score written after it is 1")
+    records = [
+        {"participant_id": "1", "item_index": 1, "rationale": "fits 'several days'", "parsed_score": 1},
+        {"participant_id": "1", "item_index": 2, "rationale": "fits 'nearly every day'", "parsed_score": 1},
+        {"participant_id": "1", "item_index": 3, "rationale": "no option named", "parsed_score": 0},
+        {"participant_id": "1", "item_index": 4, "rationale": "fits 'not at all'", "parsed_score": None},
+    ]
+    attach_quotes(records, {})
+    summary = evidence_summary(records)
+    assert (summary["naming_an_option"], summary["option_agrees"], summary["option_agreement_rate"]) == (2, 1, 0.5)
+    assert summary["contradicting_examples"] == [
+        {"participant_id": "1", "item_index": 2, "named": "nearly every day", "named_score": 3, "parsed_score": 1}]
+    lines = "\n".join(evidence_lines(summary))
+    assert "agrees with the score written after it: 1 of 2 (50.0%)" in lines
+    assert "participant 1, item 2: names 'nearly every day' (3), scores 1" in lines
+    flags = predict.item_flags({"item_index": 2, "item_name": "Depressed", "parsed_score": 1, "head_score": 1.0,
+                                "score": 1.0, "rationale": "fits 'nearly every day'", "quotes": []}, "phq8")  # fmt: skip
+    assert list(flags) == ["rationale vs score"]
 
 
 def read_transcript_text() -> str:

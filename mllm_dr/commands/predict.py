@@ -35,7 +35,7 @@ from processing_mllm_dr import prompt_mode
 from ..data import feature_shape, read_transcript
 from ..data.transcripts import transcript_lines
 from ..evaluation import DISCLAIMER, write_item_figure
-from ..evidence import Transcript, mark_quotes, unfounded_sentence
+from ..evidence import Transcript, contradiction_sentence, mark_quotes, unfounded_sentence
 from ..inference import (
     GenerationArguments,
     ModelLoadArguments,
@@ -105,6 +105,9 @@ def item_flags(item: dict[str, Any], questionnaire: str) -> dict[str, str]:
         )
     if questionnaire == "phq9" and item["item_index"] == SELF_HARM_ITEM and item["score"] > 0:
         found["clinician review"] = "thoughts of death or self-harm are above 0: requires clinician review"
+    contradiction = contradiction_sentence(item.get("rationale"), item["parsed_score"])
+    if contradiction:
+        found["rationale vs score"] = contradiction
     unfounded = [q for q in item.get("quotes") or [] if not q["found"]]
     if unfounded:
         found["unfounded quote"] = "; ".join(unfounded_sentence(q) for q in unfounded)
