@@ -145,8 +145,9 @@ class Cell:
         own = stage1_command(settings, self.corpus, self.stage1) != stage1_command(self.settings, self.corpus, self.stage1)
         folder = self.root / f"stage1_{recipe}" if own else self.stage1
         if not (folder / "mllm_dr_adapter.json").is_file():
-            timings[f"{self.name} stage1{f' {recipe}' if own else ''}"] = run_command(
-                stage1_command(settings, self.corpus, folder), self.logs / f"stage1{f'_{recipe}' if own else ''}.log")
+            step = f"stage1 {recipe}" if own else "stage1"
+            timings[f"{self.name} {step}"] = run_command(
+                stage1_command(settings, self.corpus, folder), self.logs / f"{folder.name}.log")
         return folder
 
     def train(self, recipe: str, timings: dict[str, float]) -> Path:
@@ -159,7 +160,7 @@ class Cell:
 
     def train_text_only(self, timings: dict[str, float]) -> Path:
         folder, flags, _ = TEXT_ONLY
-        out = self.root / "stage2" / folder
+        out = self.model(folder)
         if not (out / "merged" / "config.json").is_file():
             command = stage2_command(self.settings, self.corpus, out, None, flags)
             timings[f"{self.name} train {folder}"] = run_command(command, self.logs / f"train_{folder}.log")

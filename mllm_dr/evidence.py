@@ -68,8 +68,7 @@ def normalise(text: str) -> str:
     return " ".join(text.split())
 
 
-_OPTIONS = {normalise(option) for option in ANSWER_OPTIONS}
-_OPTIONS_INDEX = {normalise(option): score for score, option in enumerate(ANSWER_OPTIONS)}
+_OPTIONS = {normalise(option): score for score, option in enumerate(ANSWER_OPTIONS)}  # normalised -> score
 
 
 @dataclass(frozen=True)
@@ -92,7 +91,7 @@ def named_option(rationale: str | None) -> int | None:
     days'`` -> 1), or None where it names none. Unquoted mentions do not count: ``"not at all
     interested"`` in prose describes the participant, not the scale."""
     named = [normalise(span.text) for span in _quoted(rationale or "")]
-    options = [_OPTIONS_INDEX[text] for text in named if text in _OPTIONS_INDEX]
+    options = [_OPTIONS[text] for text in named if text in _OPTIONS]
     return options[-1] if options else None
 
 
@@ -328,13 +327,13 @@ __all__ = [
     "Transcript",
     "attach_quotes",
     "check_quotes",
-    "evidence_lines",
     "contradiction_sentence",
+    "evidence_lines",
     "evidence_summary",
-    "named_option",
     "extract_quotes",
     "interview_texts",
     "mark_quotes",
+    "named_option",
     "normalise",
     "text_lines",
     "unfounded_sentence",

@@ -40,6 +40,7 @@ from processing_mllm_dr import PHQ8_ITEMS, PHQ9_ITEMS, PhqItem
 from .data import cmdc
 from .data.features import OPENFACE_META_COLUMNS
 from .data.rationales import Rationale
+from .evidence import ANSWER_OPTIONS
 from .io import append_jsonl
 
 FORMAT = "mllm-dr-synthetic-edaic"
@@ -60,7 +61,7 @@ ITEM_MODALITY: dict[int, str] = {
     1: "text", 2: "text", 3: "text", 4: "audio", 5: "video", 6: "text", 7: "video", 8: "audio",
 }
 TEXT_ITEMS = tuple(i for i, m in ITEM_MODALITY.items() if m == "text")
-FREQUENCY = ("not at all", "several days", "more than half the days", "nearly every day")
+FREQUENCY = ANSWER_OPTIONS  # a template rationale names its score's answer option (evidence.named_option reads it)
 
 # Marginal P(score = 0, 1, 2, 3) per item, close to E-DAIC's (sleep and tiredness the most common
 # complaints, psychomotor change the rarest); the total's spread then comes from item_correlation.
