@@ -6,7 +6,9 @@ from __future__ import annotations
 import hashlib
 import platform
 import subprocess
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,3 +46,21 @@ def file_fingerprint(path: str | Path | None) -> str | None:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def transcript_cuts(cuts: Iterable[tuple[Any, int]], budget: int | None = None) -> dict[str, Any]:
+    """How many participants' transcripts the token budget cut, and by how many tokens each, from
+    (participant id, tokens cut) pairs (one per row; a participant's largest cut counts). The one
+    summary of truncated transcripts in a training and an evaluation manifest; only the participants
+    that were cut are listed."""
+    cut: dict[str, int] = {}
+    for pid, tokens in cuts:
+        cut[str(pid)] = max(cut.get(str(pid), 0), int(tokens))
+    summary = {} if budget is None else {"budget": budget}
+    return {
+        **summary,
+        "participants": len(cut),
+        "truncated": sum(tokens > 0 for tokens in cut.values()),
+        "max_cut_tokens": max(cut.values(), default=0),
+        "cut_tokens": {pid: tokens for pid, tokens in sorted(cut.items()) if tokens > 0},
+    }

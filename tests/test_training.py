@@ -17,6 +17,7 @@ from training_fixtures import common_args, make_prepared_corpus
 from mllm_dr.checkpoints import DEFAULT_LORA_TARGET, apply_lora, load_adapter_export, trainable_state
 from mllm_dr.commands import train
 from mllm_dr.data import MllmDrCollator
+from mllm_dr.provenance import transcript_cuts
 from mllm_dr.testing import build_tiny, make_tokenizer, tiny_text_config
 from mllm_dr.training import MllmDrTrainer, build_stage_model, loss_weights, participant_item_scores
 from processing_mllm_dr import prompt_mode
@@ -345,6 +346,13 @@ def test_participant_item_scores_marks_missing_items():
     assert all(math.isnan(v) for v in table["7"])
     with pytest.raises(ValueError, match="participant p1: item_index 4 is outside 1..3"):
         participant_item_scores([{"participant_id": "p1", "item_index": 4, "label": 1}], 3)
+
+
+def test_transcript_cuts_counts_each_participant_once_at_its_largest_cut():
+    summary = transcript_cuts([("p1", 0), ("p1", 5), ("p1", 3), (7, 0), ("p2", 2)], budget=32)
+    assert summary == {"budget": 32, "participants": 3, "truncated": 2, "max_cut_tokens": 5,
+                       "cut_tokens": {"p1": 5, "p2": 2}}
+    assert transcript_cuts(()) == {"participants": 0, "truncated": 0, "max_cut_tokens": 0, "cut_tokens": {}}
 
 
 def test_stage1_alignment_probe_trains_and_stage2_drops_it(backbone_dir, corpus, tmp_path):

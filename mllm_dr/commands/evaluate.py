@@ -51,6 +51,7 @@ from ..inference import (
     load_model,
 )
 from ..io import LOCK_NAME, FolderInUse, append_jsonl, exclusive_lock, read_jsonl, write_json_atomic, write_text_atomic
+from ..provenance import transcript_cuts
 
 
 @dataclass
@@ -242,7 +243,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": description,
         "data": {"format": corpus_args.dataset_format, "dir": str(Path(corpus_args.data_dir).resolve()), "split": args.split,
                  "items": len(rows), "participants": len({r["participant_id"] for r in rows}), "left_out": left_out,
-                 "transcripts": transcript_cuts(rows, processor, mode)},
+                 "transcripts": transcript_cuts_of(rows, processor, mode)},
         "generation": generation.describe(),
         "max_new_tokens": generation.max_new_tokens,
         "dtype": None if model is None else model_args.dtype,
@@ -264,24 +265,17 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"error: {error}") from None
 
 
-def transcript_cuts(rows, processor, mode: str) -> dict[str, Any] | None:
+def transcript_cuts_of(rows, processor, mode: str) -> dict[str, Any] | None:
     """How many participants' transcripts exceed the model's budget, and by how many tokens (each
     transcript tokenized once); None when the prompt has no transcript (baselines, feature modes)."""
     if processor is None or not processor.inputs_for(mode).transcript:
         return None
     by_text: dict[str, int] = {}
-    cut: dict[str, int] = {}
     for row in rows:
-        text = row["transcript"]
-        if text not in by_text:
-            by_text[text] = processor.encode_transcript(text)[1]
-        pid = str(row["participant_id"])
-        cut[pid] = max(cut.get(pid, 0), by_text[text])
-    return {
-        "budget": processor.max_transcript_tokens, "participants": len(cut),
-        "truncated": sum(tokens > 0 for tokens in cut.values()), "max_cut_tokens": max(cut.values(), default=0),
-        "cut_tokens": {pid: tokens for pid, tokens in sorted(cut.items()) if tokens > 0},
-    }  # fmt: skip
+        if row["transcript"] not in by_text:
+            by_text[row["transcript"]] = processor.encode_transcript(row["transcript"])[1]
+    return transcript_cuts(((row["participant_id"], by_text[row["transcript"]]) for row in rows),
+                           budget=processor.max_transcript_tokens)
 
 
 def _evaluate_into(
