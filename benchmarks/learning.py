@@ -32,6 +32,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -151,19 +152,20 @@ class Cell:
         return folder
 
     def train(self, recipe: str, timings: dict[str, float]) -> Path:
-        out = self.model(recipe)
-        if not (out / "merged" / "config.json").is_file():
-            command = stage2_command(RECIPES[recipe].applied(self.settings), self.corpus, out,
-                                     self.stage1_for(recipe, timings), list(RECIPES[recipe].stage2_flags))
-            timings[f"{self.name} train {recipe}"] = run_command(command, self.logs / f"train_{recipe}.log")
-        return out
+        return self._stage2(recipe, RECIPES[recipe].applied(self.settings), lambda: self.stage1_for(recipe, timings),
+                            list(RECIPES[recipe].stage2_flags), timings)
 
     def train_text_only(self, timings: dict[str, float]) -> Path:
         folder, flags, _ = TEXT_ONLY
-        out = self.model(folder)
+        return self._stage2(folder, self.settings, lambda: None, flags, timings)
+
+    def _stage2(self, name: str, settings: DemoSettings, stage1: Callable[[], Path | None], flags: list[str],
+                timings: dict[str, float]) -> Path:
+        """Model ``name``'s stage 2 unless it is finished (``stage1`` is asked for only then)."""
+        out = self.model(name)
         if not (out / "merged" / "config.json").is_file():
-            command = stage2_command(self.settings, self.corpus, out, None, flags)
-            timings[f"{self.name} train {folder}"] = run_command(command, self.logs / f"train_{folder}.log")
+            command = stage2_command(settings, self.corpus, out, stage1(), flags)
+            timings[f"{self.name} train {name}"] = run_command(command, self.logs / f"train_{name}.log")
         return out
 
     def evaluate(self, name: str, flags: list[str], timings: dict[str, float], split: str = "test") -> dict[str, Any]:
