@@ -170,26 +170,55 @@ def score_source_comparison(
 ) -> dict[str, dict[str, Any]] | None:
     """Point metrics (totals CCC/RMSE/MAE/F1, item MAE, per-item MAE) of every score source these
     predictions support, whatever ``--score_source`` counted: the text's digit with the head's
-    fallback, the expected score, the head, and (with a text weight) their combination."""
+    fallback, the expected score, the head, and (with a text weight) their combination; and
+    ``combined_cross_fitted``, the combination with each participant's weight fitted on the other
+    participants of these predictions (:func:`cross_fitted_combination`): what ``combined`` would
+    give on this split without fitting on the participants it scores (on dev, where a default is
+    chosen and the weight for test is fitted)."""
     labelled = [p for p in predictions if p.get("label") is not None]
     if not labelled:
         return None
-    sources = ["generated_with_head_fallback"]
+    scored_by: dict[str, list[dict[str, Any]]] = {"generated_with_head_fallback": []}
     if any(p.get("expected_score") is not None for p in predictions):
-        sources.append("expected")
+        scored_by["expected"] = []
     if all(p["head_score"] is not None for p in predictions):
-        sources.append("head")
+        scored_by["head"] = []
         if text_weight is not None:
-            sources.append("combined")
+            scored_by["combined"] = []
+    for source in scored_by:
+        scored_by[source] = rescored(predictions, source, score_range, text_weight)
+    if "head" in scored_by:
+        cross = cross_fitted_combination(predictions, score_range)
+        if cross is not None:
+            scored_by["combined_cross_fitted"] = cross
     out = {}
-    for source in sources:
-        scored = rescored(predictions, source, score_range, text_weight)
+    for source, scored in scored_by.items():
         point = _phq_metrics(scored, cutoff, seed, n_bootstrap=0, with_genders=False)
         items = [p for p in scored if p.get("label") is not None]
         out[source] = {
             **{k: point.get(k) for k in ("ccc", "rmse", "mae", "f1", "per_item_mae")},
             "item_mae": float(np.mean([abs(p["score"] - p["label"]) for p in items])),
         }
+    return out
+
+
+def cross_fitted_combination(
+    predictions: Sequence[Mapping[str, Any]], score_range: tuple[int, int] = (0, 3), min_participants: int = 3
+) -> list[dict[str, Any]] | None:
+    """The labelled participants' predictions scored by ``combined``, each participant's text weight
+    fitted (:func:`fit_text_weight`) on the other participants only (leave one participant out).
+    None with fewer than ``min_participants`` labelled participants or where a fit has too few items."""
+    labelled = _by_participant(p for p in predictions if p.get("label") is not None)
+    if len(labelled) < min_participants:
+        return None
+    out: list[dict[str, Any]] = []
+    for pid, own in labelled.items():
+        others = [p for other, records in labelled.items() if other != pid for p in records]
+        try:
+            weight = fit_text_weight(others, score_range)["text_weight"]
+        except ValueError:
+            return None
+        out += rescored(own, "combined", score_range, weight)
     return out
 
 
@@ -465,6 +494,10 @@ def score_source_lines(
             + (f", fitted on `{text_weight['fitted_on']}` (split {text_weight['split']}, {text_weight['n_items']} items)."
                if text_weight.get("fitted_on") else " (given).")
         )  # fmt: skip
+    if "combined_cross_fitted" in sources:
+        lines.append("`combined_cross_fitted` scores each participant by the combination with its weight fitted on the "
+                     "other participants here (leave one out): an estimate of `combined` on this split, not a "
+                     "`--score_source`.")
     lines += ["", "| score source | CCC | RMSE | MAE | F1 | item MAE |", "|---|---|---|---|---|---|"]
     lines += [f"| {name} | {fmt(m['ccc'])} | {fmt(m['rmse'])} | {fmt(m['mae'])} | {fmt(m['f1'])} | {fmt(m['item_mae'])} |"
               for name, m in sources.items()]  # fmt: skip

@@ -130,7 +130,8 @@ def _fake_eval(folder: Path, per_item: dict[str, float], sources: bool, weight: 
     if sources:
         metrics["score_sources"] = {
             s: {"ccc": 0.5, "mae": 2.0, "per_item_mae": {k: v * factor for k, v in per_item.items()}}
-            for s, factor in (("generated_with_head_fallback", 1.0), ("expected", 0.9), ("head", 0.8), ("combined", 0.7))
+            for s, factor in (("generated_with_head_fallback", 1.0), ("expected", 0.9), ("head", 0.8), ("combined", 0.7),
+                              ("combined_cross_fitted", 0.75))
         }  # fmt: skip
     (folder / "metrics.json").write_text(json.dumps(metrics))
     (folder / "manifest.json").write_text(json.dumps({"text_weight": None if weight is None else {"value": weight}}))
@@ -177,6 +178,8 @@ def test_learning_matrix_resumes_finished_cells_and_tabulates_the_goal(tmp_path,
     # dev: the same table without combined (its weight is fitted there), from the dev evaluations
     dev_lines = {line.split(" | ")[0].strip("| "): line for line in result["dev_table"].splitlines()}
     assert dev_lines["demo: generated_with_head_fallback"].endswith("| 1/2 |") and "demo: combined" not in dev_lines
+    assert dev_lines["demo: combined_cross_fitted"].endswith("| 2/2 |")  # the dev stand-in for combined
+    assert "demo: combined_cross_fitted" not in lines  # on test the dev-fitted combined counts
     assert result["cells"]["seed1-standard"]["dev"]["demo"]["head"]["groups"]["video"] == pytest.approx(0.72)
 
     # a later run of another cell carries the earlier cells, each with where it came from

@@ -365,6 +365,31 @@ def test_fit_text_weight_is_the_least_squares_weight():
         fit_text_weight(records[:1])
 
 
+def test_cross_fitted_combination_never_fits_on_the_participant_it_scores():
+    from mllm_dr.evaluation import cross_fitted_combination, score_source_comparison, score_source_lines
+
+    rng = np.random.default_rng(2)
+    records = [{"participant_id": f"p{i // 4}", "item_index": i % 4 + 1, "label": int(y), "parsed_score": int(y),
+                "expected_score": float(y) + rng.normal(0, 0.5), "head_score": float(y) + rng.normal(0, 0.7),
+                "total": 0} for i, y in enumerate(rng.integers(0, 4, 20))]  # fmt: skip
+    scored = cross_fitted_combination(records)
+    assert len(scored) == 20
+    for p in scored:  # by hand: the least-squares weight over the other four participants' 16 items
+        others = [r for r in records if r["participant_id"] != p["participant_id"]]
+        t = np.array([r["expected_score"] for r in others])
+        h = np.clip([r["head_score"] for r in others], 0, 3)
+        y = np.array([r["label"] for r in others])
+        w = float(np.clip(((t - h) * (y - h)).sum() / ((t - h) ** 2).sum(), 0, 1))
+        assert p["score"] == pytest.approx(w * p["expected_score"] + (1 - w) * min(max(p["head_score"], 0), 3))
+    sources = score_source_comparison(records, 10, 0, (0, 3))
+    assert "combined_cross_fitted" in sources and "combined" not in sources  # no weight given: no plain combined
+    expected = np.mean([abs(p["score"] - p["label"]) for p in scored])
+    assert sources["combined_cross_fitted"]["item_mae"] == pytest.approx(expected)
+    assert cross_fitted_combination(records[:8]) is None  # two participants: too few to leave one out
+    lines = "\n".join(score_source_lines(sources, "generated_with_head_fallback", None))
+    assert "| combined_cross_fitted |" in lines and "(leave one out)" in lines
+
+
 def test_combined_score_with_a_weight_fitted_on_dev_only(setup, tmp_path):
     from mllm_dr.evaluation import fit_text_weight
 
