@@ -24,9 +24,12 @@ CITATION = """@article{zhang2025mllmdr,
   journal = {arXiv preprint arXiv:2507.05591},
   year    = {2025}
 }"""
-DISCLAIMER = (
-    "Research use only. **This is not a diagnostic device** and must not be used to diagnose, screen or treat "
-    "anyone. Scores and rationales can be wrong, biased by the small training corpora (E-DAIC-WOZ: 275 "
+DISCLAIMER = (  # every report's (evaluation, mllm-dr-predict)
+    "MLlm-DR is a research tool, not a diagnostic device: these scores and rationales are not a clinical "
+    "assessment and must not be used to diagnose, screen or treat anyone."
+)
+CARD_DISCLAIMER = (  # the reports' disclaimer, and what a shared checkpoint adds to it
+    f"{DISCLAIMER} Scores and rationales can be wrong, biased by the small training corpora (E-DAIC-WOZ: 275 "
     "participants, CMDC: 78) and sensitive to recording conditions. Weights trained on licensed corpora may be "
     "subject to those corpora's licence terms: check before sharing."
 )
@@ -227,7 +230,7 @@ def build_card(
         "regresses the item score from the same prompt. Item scores sum to the PHQ total.", "",
         f"- **Base model:** {f'[`{base_model_id}`](https://huggingface.co/{base_model_id})' if base_model_id else 'not a Hub model (recorded as a local folder; not named here)'}",
         f"- **Training data:** {corpus}, {sizes}. No transcript, rationale or feature is included here.",
-        "", "## Intended use and limitations", "", DISCLAIMER, "",
+        "", "## Intended use and limitations", "", CARD_DISCLAIMER, "",
         "## How to load", "", load, "",
         "## Training", "", *_recipe(run), "",
         "## Evaluation", "", *_evaluation_section(evaluation, run.get("final_metrics")), "",

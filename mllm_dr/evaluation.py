@@ -15,6 +15,7 @@ import numpy as np
 
 from processing_mllm_dr import parse_score_permissive
 
+from .cards import DISCLAIMER
 from .evidence import evidence_lines, mark_quotes
 from .inference import choose_score
 from .inference.attribution import attribution_lines, mean_absolute_attribution
@@ -26,10 +27,6 @@ PREDICTIONS = "predictions.jsonl"
 MANIFEST = "manifest.json"
 METRICS = "metrics.json"
 REPORT = "report.md"
-DISCLAIMER = (
-    "MLlm-DR is a research tool, not a diagnostic device: these scores and rationales are not a clinical "
-    "assessment and must not be used to diagnose, screen or treat anyone."
-)
 
 
 def read_predictions(path: str | Path, rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
