@@ -243,9 +243,11 @@ def read_evaluation(folder: str | Path) -> dict[str, Any]:
     """``{"metrics": ..., "manifest": ...}`` of an ``mllm-dr-evaluate`` output folder."""
     import json
 
+    from .evaluation import MANIFEST, METRICS  # the evaluation's file names (it imports this module)
+
     folder = Path(folder)
     try:
-        return {name: json.loads((folder / f"{name}.json").read_text()) for name in ("metrics", "manifest")}
+        return {name: json.loads((folder / file).read_text()) for name, file in (("metrics", METRICS), ("manifest", MANIFEST))}
     except (OSError, ValueError) as error:
         raise ValueError(f"{folder}: not a finished evaluation folder ({error})") from None
 
