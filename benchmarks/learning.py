@@ -238,7 +238,8 @@ def table(cells: dict[str, dict[str, Any]]) -> str:
             names += [n for n in entries if n not in names]
     fmt = lambda m, s: "n/a" if m is None else f"{m:.3f} ± {s:.3f}"  # noqa: E731
     for key, source in names:
-        figures = [(c, r[key] if source is None else r[key][source]) for c, r in cells.items() if key in r]
+        figures = [(c, r[key] if source is None else r[key][source]) for c, r in cells.items()
+                   if key in r and (source is None or r[key].get(source))]  # a carried cell may lack a source
         row: list[Any] = [key if source is None else f"{key}: {source}", len(figures)]
         for group in GROUPS:
             mean, sd = spread([f["groups"].get(group) for _, f in figures])
