@@ -184,6 +184,8 @@ def test_learning_matrix_resumes_finished_cells_and_tabulates_the_goal(tmp_path,
 
     # a later run of another cell carries the earlier cells, each with where it came from
     first = result["command"]
+    del result["cells"]["seed0-standard"]["dev"]["demo"]["combined_cross_fitted"]  # a cell from before that source
+    output.write_text(json.dumps(result))
     later = subprocess.run([sys.executable, script, "--run_dir", str(run_dir), "--seeds", "2", "1", "--layouts", "standard",
                             "--output", str(output), "--carry", str(output)], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert later.returncode == 0, later.stderr[-2000:]
@@ -192,4 +194,6 @@ def test_learning_matrix_resumes_finished_cells_and_tabulates_the_goal(tmp_path,
     assert merged["cell_sources"]["seed0-standard"]["command"] == first  # carried
     assert merged["cell_sources"]["seed1-standard"]["command"] == merged["command"] != first  # listed: computed anew
     assert merged["table"].splitlines()[2].split(" | ")[1].strip() == "3"
+    cross = next(line for line in merged["dev_table"].splitlines() if line.startswith("| demo: combined_cross_fitted"))
+    assert cross.split(" | ")[1].strip() == "2"  # the carried cell without it is left out of that row only
 
