@@ -79,6 +79,7 @@ SOURCES = ("generated_with_head_fallback", "expected", "head", "combined")
 # On dev, where defaults are chosen, the combination cannot be fitted on the split it is scored on:
 # each participant gets a weight fitted on the other dev participants (leave one out).
 DEV_SOURCES = ("generated_with_head_fallback", "expected", "head", "combined_cross_fitted")
+ALL_SOURCES = tuple(dict.fromkeys(SOURCES + DEV_SOURCES))  # a table row per source either split has
 TEXT_ONLY = ABLATIONS["LoRA {T} (text only, CE)"]  # (folder, training flags, evaluation flags)
 GOAL_GAIN = 0.15  # the goal: >= 15% lower item MAE than train-mean on every group
 
@@ -234,7 +235,7 @@ def table(cells: dict[str, dict[str, Any]]) -> str:
         for key, value in results.items():
             if key == "dev":
                 continue
-            entries = [(key, s) for s in (*SOURCES, *DEV_SOURCES[3:]) if value.get(s)] if key in RECIPES else [(key, None)]
+            entries = [(key, s) for s in ALL_SOURCES if value.get(s)] if key in RECIPES else [(key, None)]
             names += [n for n in entries if n not in names]
     fmt = lambda m, s: "n/a" if m is None else f"{m:.3f} ± {s:.3f}"  # noqa: E731
     for key, source in names:

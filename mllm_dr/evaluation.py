@@ -175,15 +175,14 @@ def score_source_comparison(
     labelled = [p for p in predictions if p.get("label") is not None]
     if not labelled:
         return None
-    scored_by: dict[str, list[dict[str, Any]]] = {"generated_with_head_fallback": []}
+    sources = ["generated_with_head_fallback"]
     if any(p.get("expected_score") is not None for p in predictions):
-        scored_by["expected"] = []
+        sources.append("expected")
     if all(p["head_score"] is not None for p in predictions):
-        scored_by["head"] = []
+        sources.append("head")
         if text_weight is not None:
-            scored_by["combined"] = []
-    for source in scored_by:
-        scored_by[source] = rescored(predictions, source, score_range, text_weight)
+            sources.append("combined")
+    scored_by = {source: rescored(predictions, source, score_range, text_weight) for source in sources}
     if "head" in scored_by:
         cross = cross_fitted_combination(predictions, score_range)
         if cross is not None:
