@@ -4,11 +4,14 @@ coverage, evidence-quote faithfulness, modality attribution by planted modality,
 
     make demo                                              # or mllm-dr-demo: writes runs/demo-<time>/
     python benchmarks/explanations.py runs/demo-<time>     # ~3 minutes on 2 CPU cores
+    python benchmarks/explanations.py runs/learning/seed1-sparse --model runs/learning/seed1-sparse/stage2/demo/merged \
+        --dtype float32 --effect total                     # a learning-matrix cell's model, the total effect
 
-Evaluates the demo's stage-2 model on its test split twice with the demo's evaluation flags, in one
-process after another: plain (``--no_score_probabilities``) and with every explanation
-(probabilities, the default, plus ``--modality_attribution``); the cost is the ratio of the two wall
-times. Writes ``benchmarks/results/explanations.json``.
+Evaluates the model (default: the demo's stage 2) on the run's test split (``RUN/corpus``) twice with
+the demo's evaluation flags, in one process after another: plain (``--no_score_probabilities``) and
+with every explanation (probabilities, the default, plus ``--modality_attribution`` with
+``--attribution_effect`` EFFECT); the cost is the ratio of the two wall times. Writes
+``benchmarks/results/explanations.json`` (``explanations_total.json`` for the total effect).
 """
 
 from __future__ import annotations
@@ -33,14 +36,16 @@ def native_bf16() -> bool:
     return cpu_has_native_bf16()
 
 
-def evaluate(run: Path, out: Path, extra: list[str]) -> float:
+def evaluate(run: Path, model: Path, dtype: str, out: Path, extra: list[str]) -> float:
     file = run / "settings.json"  # written by the demo at its end; the demo's defaults otherwise
     settings = json.loads(file.read_text()) if file.is_file() else {}
+    if dtype == "auto":
+        dtype = "bfloat16" if settings.get("bf16", native_bf16()) else "float32"
     command = [
-        str(Path(sys.executable).parent / "mllm-dr-evaluate"), "--model", str(run / "stage2"),
+        str(Path(sys.executable).parent / "mllm-dr-evaluate"), "--model", str(model),
         "--data_dir", str(run / "corpus"), "--dataset_format", "edaic", "--split", "test", "--greedy",
         "--max_new_tokens", str(settings.get("max_new_tokens", 96)), "--batch_size", "8",
-        "--seed", str(settings.get("seed", 0)), "--dtype", "bfloat16" if settings.get("bf16", native_bf16()) else "float32",
+        "--seed", str(settings.get("seed", 0)), "--dtype", dtype,
         "--output_dir", str(out), *extra,
     ]  # fmt: skip
     started = time.perf_counter()
@@ -50,14 +55,24 @@ def evaluate(run: Path, out: Path, extra: list[str]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("run", type=Path, help="A demo run folder (runs/demo-<time>).")
+    parser.add_argument("run", type=Path, help="A demo run folder (runs/demo-<time>), or any folder with the corpus "
+                        "under corpus/ (a learning-matrix cell) with --model.")
+    parser.add_argument("--model", type=Path, help="The model to explain (default: RUN/stage2, the demo's).")
+    parser.add_argument("--dtype", choices=("auto", "bfloat16", "float32"), default="auto",
+                        help="auto: the demo's (bf16 where the CPU has it); float32 for attribution meant for reading.")
+    parser.add_argument("--effect", choices=("direct", "total"), default="direct",
+                        help="--attribution_effect of the explained evaluation (total: the answers re-generated per condition).")
     args = parser.parse_args()
-    plain_dir, explained_dir = args.run / "eval-plain", args.run / "eval-explained"
-    plain = evaluate(args.run, plain_dir, ["--no_score_probabilities"])
-    explained = evaluate(args.run, explained_dir, ["--modality_attribution"])
+    model = args.model or args.run / "stage2"
+    suffix = "" if args.effect == "direct" else f"-{args.effect}"
+    plain_dir, explained_dir = args.run / f"eval-plain{suffix}", args.run / f"eval-explained{suffix}"
+    plain = evaluate(args.run, model, args.dtype, plain_dir, ["--no_score_probabilities"])
+    explained = evaluate(args.run, model, args.dtype, explained_dir,
+                         ["--modality_attribution", "--attribution_effect", args.effect])
     metrics = json.loads((explained_dir / "metrics.json").read_text())
     attribution = metrics.get("modality_attribution") or {}
     head_attribution = metrics.get("modality_attribution_head") or {}
+    score_attribution = metrics.get("modality_attribution_score") or {}
 
     def by_planted_group(summary: dict) -> dict:
         return {
@@ -66,9 +81,12 @@ def main() -> None:
         }
 
     by_group, head_by_group = by_planted_group(attribution), by_planted_group(head_attribution)
+    plain_metrics = json.loads((plain_dir / "metrics.json").read_text())
     probabilities = metrics.get("score_probabilities") or {}
     result = {
-        "command": f"python benchmarks/explanations.py {args.run}", "date": date.today().isoformat(),
+        "command": "python benchmarks/explanations.py " + " ".join(sys.argv[1:]), "date": date.today().isoformat(),
+        "model": str(model), "effect": args.effect, "dtype": args.dtype,
+        "plain": {k: plain_metrics.get(k) for k in ("ccc", "mae", "per_item_mae")},
         "git_commit": git_commit(), "machine": machine_facts(),
         "wall_s": {"plain": plain, "with_explanations": explained}, "cost_ratio": explained / plain,
         "score_probabilities": {k: probabilities.get(k) for k in ("n_items", "n_items_with_probabilities", "mean_entropy_bits",
@@ -76,10 +94,13 @@ def main() -> None:
         "evidence": metrics.get("evidence"),
         "modality_attribution": attribution, "attribution_by_planted_group": by_group,
         "modality_attribution_head": head_attribution, "head_attribution_by_planted_group": head_by_group,
+        **({"modality_attribution_score": score_attribution,
+            "score_attribution_by_planted_group": by_planted_group(score_attribution)} if score_attribution else {}),
     }  # fmt: skip
-    write_json(result_path("explanations", False, None), result)
+    write_json(result_path("explanations" + suffix.replace("-", "_"), False, None), result)
     print(json.dumps({k: result[k] for k in ("wall_s", "cost_ratio", "attribution_by_planted_group",
-                                                   "head_attribution_by_planted_group")}, indent=2))
+                                             "head_attribution_by_planted_group", "score_attribution_by_planted_group")
+                      if k in result}, indent=2))  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -288,8 +288,9 @@ def compute_metrics(
             # Beside the scores used, never instead of them: the LM's probabilities at the score digit
             "score_probabilities": None if baseline else probability_metrics(predictions, cutoff, low, high),
             # --modality_attribution: per item, the mean |change| of the expected score (and of the
-            # head's score) per withheld modality
+            # head's score; with --attribution_effect total, of the score that counts) per withheld modality
             "modality_attribution": None if baseline else mean_absolute_attribution(predictions),
+            "modality_attribution_score": None if baseline else mean_absolute_attribution(predictions, of="score"),
             "modality_attribution_head": None if baseline else mean_absolute_attribution(predictions, of="head"),
             "score_sources": None if baseline else score_source_comparison(predictions, cutoff, seed, score_range, text_weight),
         }
@@ -537,8 +538,10 @@ def write_report(predictions, metrics, manifest, out: Path, figures: list[str]) 
         ]
     lines += score_source_lines(metrics.get("score_sources"), metrics["score_source"], manifest.get("text_weight"))
     lines += probability_lines(metrics.get("score_probabilities"), metrics["cutoff"])
-    lines += attribution_lines(metrics.get("modality_attribution"))
-    lines += attribution_lines(metrics.get("modality_attribution_head"), of="head")
+    effect = manifest.get("attribution_effect", "direct")
+    lines += attribution_lines(metrics.get("modality_attribution_score"), of="score", effect=effect)
+    lines += attribution_lines(metrics.get("modality_attribution"), effect=effect)
+    lines += attribution_lines(metrics.get("modality_attribution_head"), of="head", effect=effect)
     lines += left_out_lines(manifest["data"].get("left_out"))
     lines += evidence_lines(metrics.get("evidence"))
     lines += [f"![{name}]({name})" for name in figures]

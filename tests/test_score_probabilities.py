@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import math
 
 import numpy as np
 import pytest
@@ -316,3 +317,142 @@ def test_shared_prefix_attribution_equals_whole_prompts(tiny, rows, monkeypatch)
             assert shared[name]["expected"] == pytest.approx(whole[name]["expected"], abs=2e-6), name
             assert shared[name]["head"] == pytest.approx(whole[name]["head"], abs=2e-6), name
 
+
+
+def digit_choosing(tokenizer, reason="Evaluation Reason: low mood.\nScore:"):
+    """A PerItemSampler stand-in that writes ``reason``, then a digit 0-3 read off the model's own
+    logits of the digits (their sum, magnified: the tiny model's features move it by ~0.01), then EOS:
+    a parsed score that a withheld modality changes, behind a rationale that it cannot."""
+    script = tokenizer.encode(reason, add_special_tokens=False)
+    digits = [tokenizer.encode(f" {d}", add_special_tokens=False)[0] for d in range(4)]
+
+    class Choosing(LogitsProcessor):
+        def __init__(self, seeds, *args, **kwargs):
+            self.start = None
+
+        def __call__(self, input_ids, scores):
+            if self.start is None:
+                self.start = input_ids.shape[1]
+            step = input_ids.shape[1] - self.start
+            forced = torch.full_like(scores, float("-inf"))
+            for row in range(scores.shape[0]):
+                if step < len(script):
+                    forced[row, script[step]] = 0.0
+                elif step == len(script):  # a digit that moves with the logits' small changes
+                    forced[row, digits[math.floor(float(scores[row, digits].sum()) * 400) % 4]] = 0.0
+                else:
+                    forced[row, tokenizer.eos_token_id] = 0.0
+            return forced
+
+    return Choosing
+
+
+def without_audio(row):
+    return {**row, "audio_files": [], **({"audio_cache": None} if "audio_cache" in row else {})}
+
+
+@pytest.mark.parametrize("prefix_reuse", [True, False])
+def test_total_effect_equals_generating_without_the_modality(tiny, rows, monkeypatch, prefix_reuse):
+    """--attribution_effect total: each condition's answer is what generating without that modality
+    writes (parsed score, rationale), and the changes are the differences of the two runs' scores."""
+    model, processor = amplify_modalities(tiny[0]), tiny[1]
+    monkeypatch.setattr(generation, "PerItemSampler", digit_choosing(processor.tokenizer))
+    items = [row for row in rows if row.get("audio_files")][:3]
+    assert len(items) == 3 and generation.shares_prefix(items)
+    settings = GenerationArguments(max_new_tokens=40, modality_attribution=True, attribution_effect="total",
+                                   prefix_reuse=prefix_reuse)  # fmt: skip
+    settings.check()
+    records, _ = generate_items(model, processor, items, "full", settings, use_head=True)
+    plain = GenerationArguments(max_new_tokens=40, prefix_reuse=prefix_reuse)
+    reference, _ = generate_items(model, processor, items, "full", plain, use_head=True)
+    alone, _ = generate_items(model, processor, [without_audio(r) for r in items], "full", plain, use_head=True)
+    direct = GenerationArguments(max_new_tokens=40, modality_attribution=True, prefix_reuse=prefix_reuse)
+    fixed, _ = generate_items(model, processor, items, "full", direct, use_head=True)
+    for record, ref, no_audio, held in zip(records, reference, alone, fixed):
+        assert record["score"] == ref["score"] and record["generated_text"] == ref["generated_text"]  # the answer itself
+        attribution = record["attribution"]
+        assert set(attribution) == {"with_all", "audio", "video", "both"}
+        audio = attribution["audio"]
+        assert audio["parsed_score"] == no_audio["parsed_score"] and audio["rationale"] == no_audio["rationale"]
+        assert audio["score"] == pytest.approx(ref["score"] - no_audio["score"], abs=1e-6)
+        assert audio["expected"] == pytest.approx(ref["expected_score"] - no_audio["expected_score"], abs=1e-4)
+        assert audio["head"] == pytest.approx(ref["head_score"] - no_audio["head_score"], abs=1e-4)
+        # the rationale is forced, so here the total effect on the expected score is the direct one
+        for name in ("audio", "video", "both"):
+            assert attribution[name]["expected"] == pytest.approx(held["attribution"][name]["expected"], abs=1e-4)
+    assert max(abs(r["attribution"]["both"]["expected"]) for r in records) > 1e-3  # the features do move the scores
+    assert any(r["attribution"]["audio"]["score"] != 0 for r in records)  # and the written digits, here
+
+    from mllm_dr.inference.attribution import attribution_lines, describe_attribution, mean_absolute_attribution
+
+    summary = mean_absolute_attribution(records, of="score")
+    first = records[0]
+    assert summary[str(first["item_index"])]["audio"] == pytest.approx(
+        np.mean([abs(r["attribution"]["audio"]["score"]) for r in records if r["item_index"] == first["item_index"]]))
+    assert mean_absolute_attribution(fixed, of="score") is None  # the direct effect records no score change
+    table = "\n".join(attribution_lines(summary, of="score", effect="total"))
+    assert "(total effect): the score" in table and "--attribution_effect total" in table
+    assert describe_attribution(first["attribution"]).startswith(f"audio {first['attribution']['audio']['score']:+.2f}")
+
+
+def test_total_effect_needs_the_attribution():
+    with pytest.raises(ValueError, match="--attribution_effect total is an option of --modality_attribution"):
+        GenerationArguments(attribution_effect="total").check()
+    with pytest.raises(ValueError, match="--attribution_effect must be one of direct, total"):
+        GenerationArguments(modality_attribution=True, attribution_effect="both").check()
+
+
+def test_evaluation_and_prediction_report_the_total_effect(tiny, tmp_path, monkeypatch):
+    """End to end: `mllm-dr-evaluate` and `mllm-dr-predict --modality_attribution --attribution_effect total`
+    put the changes of the score that counts in predictions, metrics, manifest and both reports."""
+    model, processor = amplify_modalities(tiny[0]), tiny[1]
+    model.config.score_head_trained = True
+    checkpoint = tmp_path / "checkpoint"
+    model.save_pretrained(checkpoint)
+    processor.save_pretrained(checkpoint)
+    monkeypatch.setattr(generation, "PerItemSampler", digit_choosing(processor.tokenizer))
+    corpus = make_prepared_corpus(tmp_path / "corpus", {"train": 2, "dev": 1, "test": 2}, items=(1, 2, 3))
+    out = tmp_path / "eval"
+    flags = ["--max_new_tokens", "40", "--device", "cpu", "--modality_attribution", "--attribution_effect", "total"]
+    ev.main(["--model", str(checkpoint), "--data_dir", str(corpus), "--dataset_format", "prepared", "--split", "test",
+             "--output_dir", str(out), "--n_bootstrap", "0", *flags])  # fmt: skip
+    predictions = [json.loads(line) for line in (out / "predictions.jsonl").read_text().splitlines()]
+    assert all(set(p["attribution"]["audio"]) >= {"score", "expected", "head", "parsed_score", "rationale"}
+               for p in predictions if p["attribution"])  # fmt: skip
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert json.loads((out / "manifest.json").read_text())["attribution_effect"] == "total"
+    by_item = metrics["modality_attribution_score"]
+    item = predictions[0]["item_index"]
+    changes = [abs(p["attribution"]["audio"]["score"]) for p in predictions if p["item_index"] == item and p["attribution"]]
+    assert by_item[str(item)]["audio"] == pytest.approx(np.mean(changes))
+    report = (out / "report.md").read_text()
+    assert "## Modality attribution (total effect): the score" in report and "the total effect" in report
+
+    transcript = tmp_path / "900_Transcript.csv"
+    transcript.write_text('Start_Time,End_Time,Text,Confidence\n0.1,2.0,"hello, low every day",0.9\n')
+    audio = tmp_path / "900_HuBERT.npy"
+    np.save(audio, np.random.default_rng(0).standard_normal((9, AUDIO_DIM)).astype(np.float32))
+    report_dir = tmp_path / "predicted"
+    predict.main(["--model", str(checkpoint), "--transcript", str(transcript), "--audio", str(audio),
+                  "--output_dir", str(report_dir), *flags])  # fmt: skip
+    items = json.loads((report_dir / "prediction.json").read_text())["items"]
+    assert all("rationale" in item["attribution"]["audio"] for item in items)
+    markdown = (report_dir / "prediction.md").read_text()
+    assert "*(withheld: audio " in markdown
+    moved = [item for item in items if item["attribution"]["audio"]["score"]]
+    assert ("## Without a modality (total effect)" in markdown) == bool(moved)
+    for item in moved:
+        assert f"audio withheld: score {item['score'] - item['attribution']['audio']['score']:.2f}" in markdown
+
+
+def test_the_counterfactual_section_lists_moved_scores_only():
+    item = {"item_index": 4, "item_name": "tired", "score": 2.0,
+            "attribution": {"with_all": {"score": 2.0, "expected": 1.9, "head": 1.5},
+                            "audio": {"score": 1.0, "expected": 0.8, "head": 0.2, "parsed_score": 1, "rationale": "Some | days."},
+                            "video": {"score": 0.0, "expected": 0.1, "head": 0.0, "parsed_score": 2, "rationale": "Tired."}}}  # fmt: skip
+    lines = predict.counterfactual_lines([item])
+    assert "- Item 4 (tired), score 2.00 with every modality:" in lines
+    assert "  - audio withheld: score 1.00 (written 1): Some \\| days." in lines
+    assert not any("video withheld" in line for line in lines)
+    direct = {**item, "attribution": {"with_all": {"expected": 1.9, "head": 1.5}, "audio": {"expected": 0.8, "head": 0.2}}}
+    assert predict.counterfactual_lines([direct]) == []

@@ -253,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
         "unparsed_score": generation.unparsed_score,
         **({"text_weight": text_weight} if text_weight else {}),
         **({"modality_attribution": True} if generation.modality_attribution else {}),
+        **({"attribution_effect": generation.attribution_effect} if generation.attribution_effect != "direct" else {}),
         "mode": mode,
         "max_transcript_tokens": None if processor is None else processor.max_transcript_tokens,
         "questionnaire": questionnaire,

@@ -158,6 +158,29 @@ def _fenced(text: str) -> list[str]:
     return [f"{fence}text", text, fence]
 
 
+def counterfactual_lines(items: list[dict[str, Any]]) -> list[str]:
+    """``--attribution_effect total``: per item whose score moved, what the model wrote with a
+    modality withheld (its score and rationale); nothing for the direct effect or when nothing moved."""
+    lines = []
+    for item in items:
+        attribution = item.get("attribution") or {}
+        moved = [(name, change) for name, change in attribution.items()
+                 if name != "with_all" and change.get("score") and "rationale" in change]  # fmt: skip
+        if not moved:
+            continue
+        lines += [f"- Item {item['item_index']} ({item.get('item_wording') or item['item_name']}), score "
+                  f"{item['score']:.2f} with every modality:"]  # fmt: skip
+        for name, change in moved:
+            written = "unparsed" if change["parsed_score"] is None else str(change["parsed_score"])
+            reason = _cell(change["rationale"] or "") or "*(no rationale: the output broke format)*"
+            lines.append(f"  - {name} withheld: score {item['score'] - change['score']:.2f} (written {written}): {reason}")
+    if not lines:
+        return []
+    return ["", "## Without a modality (total effect)", "",
+            "The answers generated again with a modality withheld (`--attribution_effect total`), where the score moved:",
+            "", *lines]  # fmt: skip
+
+
 def to_markdown(report: dict[str, Any], figure: str | None = None) -> str:
     lines = [
         f"# PHQ report for participant {report['participant_id']}",
@@ -199,6 +222,7 @@ def to_markdown(report: dict[str, Any], figure: str | None = None) -> str:
         if "attribution" in item:  # --modality_attribution: what each modality moved
             rationale += f" *(withheld: {describe_attribution(item['attribution'])})*"
         lines.append(f"| {item['item_index']} | {wording} | {item['score']:.2f} | {generated} | {head} | {bar} | {rationale} |")
+    lines += counterfactual_lines(report["items"])
     if figure:
         lines += ["", f"![Per-item scores: generated text, regression head, flags]({figure})"]
     if unparsed:
@@ -280,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                  "item_wording": item_wording(processor, r["item_index"]),
                  **{k: r[k] for k in ("score", "parsed_score", "head_score", "fell_back")},
                  **{k: r.get(k) for k in PROBABILITY_FIELDS},
-                 "rationale": None if r["parsed_score"] is None else r["rationale"], "raw_output": r["generated_text"]}
+                 "rationale": None if r["parsed_score"] is None else r["rationale"], "raw_output": r["generated_text"],
+                 **({"attribution": r["attribution"]} if "attribution" in r else {})}
                 for r in records
             ]  # fmt: skip
     except ValueError as error:  # broken features (NaN, wrong width), named by the reader or the processor

@@ -11,6 +11,13 @@ minus the expected score without it (``+0.8``: the audio raised this item by 0.8
 the head. For one participant's items (generation's shared-prefix batches) the shared prefix (system
 prompt, placeholders, transcript) runs once per withheld condition and each item only its own
 suffix; the condition with every modality reuses generation's own prefill.
+
+That is the *direct* effect at the digit: the rationale, written with every modality, is held fixed,
+and a score that follows its rationale barely moves. ``--attribution_effect total`` measures the
+*total* effect instead: each withheld condition generates the answer again (the same per-item random
+streams, so sampling noise cancels), and the change of the score that counts, of the expected score
+and of the head's score is recorded with the rationale written without the modality
+(:func:`total_effect`; the loop is :func:`mllm_dr.inference.generation.total_attribution`).
 """
 
 from __future__ import annotations
@@ -24,6 +31,33 @@ from ..uncertainty import digit_distribution
 from .prefix import Prefill, cache_kwarg, features_of, left_padded, prefill, real_prompts
 
 CONDITIONS = {"audio": ("audio",), "video": ("video",), "both": ("audio", "video")}
+ATTRIBUTION_EFFECTS = ("direct", "total")
+
+
+def attribution_conditions(batch: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, ...]]:
+    """The withheld conditions a collated ``batch`` allows: those whose modalities its prompt uses."""
+    present = {m for m in ("audio", "video") if f"{m}_mask" in batch}
+    return {name: mods for name, mods in CONDITIONS.items() if set(mods) <= present}
+
+
+def _change(with_all: float | None, without: float | None) -> float | None:
+    return None if with_all is None or without is None else float(with_all) - float(without)
+
+
+def total_effect(with_all: Mapping[str, Any], without: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """One row's total-effect attribution from its outcomes (``parsed_score``, ``rationale``, ``head``,
+    ``expected``, ``score``: :meth:`mllm_dr.inference.generation.Answers.outcome`) with every modality
+    and per withheld condition: ``{"with_all": {"score", "expected", "head"}, name: {"score": change,
+    "expected": change, "head": change, "parsed_score", "rationale"}}`` (a change is with - without;
+    None where a side lacks it, e.g. no digit found; the condition's own parsed score and rationale
+    are what the model wrote without the modality)."""
+    keys = ("score", "expected", "head")
+    return {
+        "with_all": {key: with_all[key] for key in keys},
+        **{name: {**{key: _change(with_all[key], other[key]) for key in keys},
+                  "parsed_score": other["parsed_score"], "rationale": other["rationale"]}
+           for name, other in without.items()},
+    }  # fmt: skip
 
 
 def withheld(batch: Mapping[str, torch.Tensor], modalities: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -106,8 +140,7 @@ def modality_attribution(
     ``steps`` where each row wrote its score digit (:func:`mllm_dr.uncertainty.score_steps`).
     ``shared``: the rows' common prompt prefix as generation prefilled it (one participant's items):
     the prefix then runs once per withheld condition and the rows only their own suffixes."""
-    present = [m for m in ("audio", "video") if f"{m}_mask" in batch]
-    conditions = {name: mods for name, mods in CONDITIONS.items() if set(mods) <= set(present)}
+    conditions = attribution_conditions(batch)
     result: list[dict[str, Any] | None] = [None] * len(new_tokens)
     found = list(steps)
     if not conditions or not found:
@@ -132,9 +165,9 @@ def modality_attribution(
 
 
 def mean_absolute_attribution(records: Sequence[Mapping[str, Any]], of: str = "expected") -> dict[str, dict[str, float]] | None:
-    """Per item and condition, the mean absolute change of the expected score (``of="expected"``) or
-    of the MAA head's score (``of="head"``; items without a trained head are left out): evaluation's
-    summary."""
+    """Per item and condition, the mean absolute change of the expected score (``of="expected"``), of
+    the MAA head's score (``of="head"``; items without a trained head are left out) or, for the total
+    effect only, of the score that counts (``of="score"``): evaluation's summary."""
     sums: dict[int, dict[str, list[float]]] = {}
     for record in records:
         attribution = record.get("attribution")
@@ -152,17 +185,31 @@ def mean_absolute_attribution(records: Sequence[Mapping[str, Any]], of: str = "e
     }
 
 
-def attribution_lines(summary: Mapping[str, Mapping[str, float]] | None, of: str = "expected") -> list[str]:
+ATTRIBUTION_OF = {
+    "score": ("the score", "each item's score that counts"),
+    "expected": ("the expected score", "each item's expected score"),
+    "head": ("the MAA head", "the MAA head's score of each item"),
+}
+EFFECT_WORDS = {
+    "direct": "the rationale kept as context: the direct effect at the score digit",
+    "total": "the answer generated again without it: the total effect, through the rationale too",
+}
+
+
+def attribution_lines(
+    summary: Mapping[str, Mapping[str, float]] | None, of: str = "expected", effect: str = "direct"
+) -> list[str]:
     """The evaluation report's table of :func:`mean_absolute_attribution` (nothing when it was off)."""
     if not summary:
         return []
     names = [name for name in CONDITIONS if any(name in row for row in summary.values())]
-    what = "each item's expected score" if of == "expected" else "the MAA head's score of each item"
+    title, what = ATTRIBUTION_OF[of]
     lines = [
-        "## Modality attribution" + ("" if of == "expected" else ": the MAA head"),
+        f"## Modality attribution ({effect} effect): {title}",
         "",
         f"Mean absolute change of {what} when a modality is withheld through the "
-        "missing-modality path (the rationale kept as context; `--modality_attribution`).",
+        f"missing-modality path ({EFFECT_WORDS[effect]}; `--modality_attribution"
+        + ("" if effect == "direct" else f" --attribution_effect {effect}") + "`).",
         "",
         "| item | " + " | ".join(f"{name} withheld" for name in names) + " |",
         "|---|" + "---|" * len(names),
@@ -173,7 +220,10 @@ def attribution_lines(summary: Mapping[str, Mapping[str, float]] | None, of: str
 
 
 def describe_attribution(attribution: Mapping[str, Any] | None) -> str:
-    """One cell of the prediction report: ``audio +0.80, video -0.10, both +0.65`` (changes of the expected score)."""
+    """One cell of the prediction report: ``audio +0.80, video -0.10, both +0.65``: the changes of the
+    expected score (direct effect), or of the score that counts (total effect, whose records carry it)."""
     if not attribution:
         return "n/a"
-    return ", ".join(f"{name} {attribution[name]['expected']:+.2f}" for name in CONDITIONS if name in attribution)
+    of = "score" if "score" in attribution.get("with_all", {}) else "expected"
+    changes = {name: attribution[name][of] for name in CONDITIONS if name in attribution}
+    return ", ".join(f"{name} {'n/a' if change is None else f'{change:+.2f}'}" for name, change in changes.items())

@@ -19,7 +19,7 @@ from processing_mllm_dr import MllmDrProcessor
 
 from ..data import MllmDrCollator, feature_key
 from ..uncertainty import score_probabilities, score_steps
-from .attribution import modality_attribution
+from .attribution import ATTRIBUTION_EFFECTS, attribution_conditions, modality_attribution, total_effect, withheld
 from .prefix import Prefill, cache_kwarg, left_padded, real_prompts, shared_prefill
 
 SCORE_SOURCES = ("generated", "head", "generated_with_head_fallback", "expected", "combined")
@@ -72,7 +72,17 @@ class GenerationArguments:
         default=False,
         metadata={"help": "Per item, how much the audio, the video and both moved the expected score and the head's "
                   "score: the prompt and the answer up to the score digit run again with that modality withheld "
-                  "through the missing-modality path (3 extra forwards per batch, no generation)."},
+                  "through the missing-modality path (3 extra forwards per batch, no generation; see "
+                  "--attribution_effect)."},
+    )
+    attribution_effect: str = field(
+        default="direct",
+        metadata={"help": "--modality_attribution's effect: direct (the generated rationale kept as context, the "
+                  "digit's probabilities and the head read again; 3 forwards) or total (the answer generated "
+                  "again per withheld condition, with the same per-item random streams: the change of the score "
+                  "that counts, the expected score and the head's score, and the rationale written without "
+                  "the modality; 3 extra generations, about 4x a plain evaluation).",
+                  "choices": list(ATTRIBUTION_EFFECTS)},
     )
     unparsed_score: float = field(
         default=0.0,
@@ -95,6 +105,10 @@ class GenerationArguments:
                              "evaluation: --fit_text_weight_on DEV_EVAL_DIR)")
         if self.text_weight is not None and not 0.0 <= self.text_weight <= 1.0:
             raise ValueError(f"--text_weight must be in [0, 1], got {self.text_weight}")
+        if self.attribution_effect not in ATTRIBUTION_EFFECTS:
+            raise ValueError(f"--attribution_effect must be one of {', '.join(ATTRIBUTION_EFFECTS)}, got {self.attribution_effect!r}")
+        if self.attribution_effect != "direct" and not self.modality_attribution:
+            raise ValueError(f"--attribution_effect {self.attribution_effect} is an option of --modality_attribution: add it")
         if self.score_source in ("expected", "combined") and not self.score_probabilities:
             raise ValueError(f"--score_source {self.score_source} reads the score probabilities: drop --no_score_probabilities")
 
@@ -239,6 +253,109 @@ def generate_with_shared_prefix(model, batch: dict[str, torch.Tensor], shared: P
     return out, full_ids.shape[1]
 
 
+@dataclass
+class Answers:
+    """One generation of a batch's rows, as the records and the attribution read it."""
+
+    new_tokens: torch.Tensor  # (rows, steps): the generated ids
+    texts: list[str]
+    parsed: list[tuple[int | None, str | None]]  # (strict score, rationale) per row
+    head: list[float | None]  # the MAA head's score per row (None: no trained head)
+    steps: list[tuple[int, int, tuple[int, ...]]] | None  # where each row wrote its score digit
+    probabilities: list[dict[str, Any]]  # :func:`mllm_dr.uncertainty.score_probabilities` per row (or {})
+    counted: int  # new tokens generated (each row up to and including its EOS)
+
+    def outcome(self, row: int, processor: MllmDrProcessor, settings: GenerationArguments) -> dict[str, Any]:
+        """Row ``row``'s parsed score, rationale, head's score, expected score and the score that
+        counts (``settings.score_source``), with whether that fell back to the head."""
+        parsed, rationale = self.parsed[row]
+        expected = self.probabilities[row].get("expected_score")
+        score, fell_back = choose_score(
+            parsed, self.head[row], settings.score_source, settings.unparsed_score, processor.score_min,
+            processor.score_max, expected=expected, text_weight=settings.text_weight,
+        )  # fmt: skip
+        return {"parsed_score": parsed, "rationale": rationale, "head": self.head[row], "expected": expected,
+                "score": score, "fell_back": fell_back}  # fmt: skip
+
+
+def _generate_kwargs(rows: Sequence[Mapping[str, Any]], settings: GenerationArguments, tokenizer) -> dict[str, Any]:
+    """``generate``'s keywords for one batch (a fresh per-item sampler: each call draws the same streams)."""
+    kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": False}
+    if settings.score_probabilities:  # raw logits per step: PerItemSampler's processed scores are one-hot
+        kwargs.update(output_logits=True, return_dict_in_generate=True)
+    if not settings.greedy:
+        seeds = [item_seed(settings.seed, str(r["participant_id"]), int(r["item_index"])) for r in rows]
+        kwargs["logits_processor"] = [
+            PerItemSampler(seeds, settings.temperature, settings.top_k, settings.max_new_tokens, settings.top_p or 1.0)
+        ]
+    kwargs["pad_token_id"] = tokenizer.pad_token_id
+    kwargs["eos_token_id"] = tokenizer.eos_token_id
+    return kwargs
+
+
+@torch.no_grad()
+def generate_answers(
+    model,
+    processor: MllmDrProcessor,
+    batch: Mapping[str, torch.Tensor],
+    rows: Sequence[Mapping[str, Any]],
+    settings: GenerationArguments,
+    use_head: bool,
+    keep_prefill: bool = False,
+) -> tuple[Answers, Prefill | None]:
+    """Generates the collated ``batch`` of ``rows`` once and parses it: ``(answers, prefill)``. With
+    prefix reuse and ``keep_prefill``, the participant's shared prefix as prefilled here (kept intact
+    for the direct attribution's "every modality" condition), else None."""
+    tokenizer = processor.tokenizer
+    kwargs = _generate_kwargs(rows, settings, tokenizer)
+    shared = None
+    if settings.prefix_reuse and shares_prefix(rows):
+        shared = shared_prefill(model, batch) if keep_prefill else None
+        out, prompt_length = generate_with_shared_prefix(model, dict(batch), shared, **kwargs)
+    else:
+        out = model.generate(**batch, **kwargs)
+        prompt_length = batch["input_ids"].shape[1]
+    new_tokens = out.sequences[:, prompt_length:]
+    texts = processor.batch_decode(new_tokens, skip_special_tokens=True)
+    eos = tokenizer.eos_token_id
+    counted = int(sum(int((row != eos).sum()) + int((row == eos).any()) for row in new_tokens.cpu()))
+    heads = [float(v) for v in out.head_score] if use_head and out.head_score is not None else [None] * len(texts)
+    parsed = [processor.parse_output(text) for text in texts]
+    steps = None
+    if settings.score_probabilities or settings.modality_attribution:  # where each row wrote its score digit
+        steps = score_steps(tokenizer, new_tokens, [p for p, _ in parsed], processor.score_min, processor.score_max)
+    if settings.score_probabilities and out.logits is not None:
+        probabilities = score_probabilities(
+            tokenizer, new_tokens, out.logits, [p for p, _ in parsed], processor.score_min, processor.score_max,
+            steps=steps,
+        )
+    else:
+        probabilities = [{} for _ in texts]
+    return Answers(new_tokens, texts, parsed, heads, steps, probabilities, counted), shared
+
+
+@torch.no_grad()
+def total_attribution(
+    model, processor: MllmDrProcessor, batch: Mapping[str, torch.Tensor], rows: Sequence[Mapping[str, Any]],
+    settings: GenerationArguments, use_head: bool, answers: Answers,
+) -> list[dict[str, Any] | None]:  # fmt: skip
+    """``--attribution_effect total``: each withheld condition generates the rows' answers again
+    (same per-item random streams), and each row records how its score that counts, its expected
+    score and its head's score changed (:func:`mllm_dr.inference.attribution.total_effect`)."""
+    conditions = attribution_conditions(batch)
+    if not conditions:
+        return [None] * len(rows)
+    without = {
+        name: generate_answers(model, processor, withheld(batch, modalities), rows, settings, use_head)[0]
+        for name, modalities in conditions.items()
+    }  # fmt: skip
+    return [
+        total_effect(answers.outcome(i, processor, settings),
+                     {name: other.outcome(i, processor, settings) for name, other in without.items()})
+        for i in range(len(rows))
+    ]  # fmt: skip
+
+
 @torch.no_grad()
 def generate_items(
     model,
@@ -255,76 +372,44 @@ def generate_items(
     (``settings.score_source``) and whether it fell back to the head, with
     ``settings.score_probabilities`` the LM's probabilities of the scores where it wrote the digit
     (:func:`mllm_dr.uncertainty.score_probabilities`: ``score_probabilities``,
-    ``score_probability_mass``, ``expected_score``, ``entropy``), plus the row's label, total and gender.
+    ``score_probability_mass``, ``expected_score``, ``entropy``), with ``settings.modality_attribution``
+    the ``attribution`` of :mod:`mllm_dr.inference.attribution`, plus the row's label, total and
+    gender. The new tokens count the answers only (not the total effect's re-generations).
     """
     batch = MllmDrCollator(processor, mode, with_rationale=True, padding_side="left", with_targets=False)(list(rows))
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
-    kwargs: dict[str, Any] = {"max_new_tokens": settings.max_new_tokens, "do_sample": False}
-    if settings.score_probabilities:  # raw logits per step: PerItemSampler's processed scores are one-hot
-        kwargs.update(output_logits=True, return_dict_in_generate=True)
-    if not settings.greedy:
-        seeds = [item_seed(settings.seed, str(r["participant_id"]), int(r["item_index"])) for r in rows]
-        kwargs["logits_processor"] = [
-            PerItemSampler(seeds, settings.temperature, settings.top_k, settings.max_new_tokens, settings.top_p or 1.0)
-        ]
-    tokenizer = processor.tokenizer
-    kwargs["pad_token_id"] = tokenizer.pad_token_id
-    kwargs["eos_token_id"] = tokenizer.eos_token_id
-    shared = None
-    if settings.prefix_reuse and shares_prefix(rows):
-        # with the attribution, the prefix's prefill is kept: it is also the "every modality" condition
-        shared = shared_prefill(model, batch) if settings.modality_attribution else None
-        out, prompt_length = generate_with_shared_prefix(model, batch, shared, **kwargs)
-    else:
-        out = model.generate(**batch, **kwargs)
-        prompt_length = batch["input_ids"].shape[1]
-    new_tokens = out.sequences[:, prompt_length:]
-    texts = processor.batch_decode(new_tokens, skip_special_tokens=True)
-    eos = tokenizer.eos_token_id
-    counted = int(sum(int((row != eos).sum()) + int((row == eos).any()) for row in new_tokens.cpu()))
-    use_head = use_head and out.head_score is not None
-    parsed_all = [processor.parse_output(text) for text in texts]
-    steps = None
-    if settings.score_probabilities or settings.modality_attribution:  # where each row wrote its score digit
-        steps = score_steps(tokenizer, new_tokens, [p for p, _ in parsed_all], processor.score_min, processor.score_max)
-    if settings.score_probabilities and out.logits is not None:
-        probabilities = score_probabilities(
-            tokenizer, new_tokens, out.logits, [p for p, _ in parsed_all], processor.score_min, processor.score_max,
-            steps=steps,
-        )
-    else:
-        probabilities = [{} for _ in texts]
-    attributions = [None] * len(texts)
-    if settings.modality_attribution:
-        attributions = modality_attribution(model, processor, batch, new_tokens, steps, use_head, shared=shared)
+    direct = settings.modality_attribution and settings.attribution_effect == "direct"
+    # with the direct attribution the prefix's prefill is kept: it is also the "every modality" condition
+    answers, shared = generate_answers(model, processor, batch, rows, settings, use_head, keep_prefill=direct)
+    attributions: list[dict[str, Any] | None] = [None] * len(rows)
+    if direct:
+        attributions = modality_attribution(
+            model, processor, batch, answers.new_tokens, answers.steps, answers.head[0] is not None, shared=shared)
+    elif settings.modality_attribution:
+        attributions = total_attribution(model, processor, batch, rows, settings, use_head, answers)
     records = []
-    for i, (row, text) in enumerate(zip(rows, texts)):
-        parsed, rationale = parsed_all[i]
-        head = float(out.head_score[i]) if use_head else None
-        score, fell_back = choose_score(
-            parsed, head, settings.score_source, settings.unparsed_score, processor.score_min, processor.score_max,
-            expected=probabilities[i].get("expected_score"), text_weight=settings.text_weight,
-        )
+    for i, row in enumerate(rows):
+        outcome = answers.outcome(i, processor, settings)
         records.append(
             {
                 "participant_id": str(row["participant_id"]),
                 "item_index": int(row["item_index"]),
                 "item_name": row["item_name"],
-                "generated_text": text,
-                "rationale": rationale,
-                "parsed_score": parsed,
-                "head_score": head,
-                "score": score,
-                **probabilities[i],
+                "generated_text": answers.texts[i],
+                "rationale": outcome["rationale"],
+                "parsed_score": outcome["parsed_score"],
+                "head_score": outcome["head"],
+                "score": outcome["score"],
+                **answers.probabilities[i],
                 **({"attribution": attributions[i]} if settings.modality_attribution else {}),
                 "label": row.get("label"),
-                "fell_back": fell_back,
+                "fell_back": outcome["fell_back"],
                 "total": row.get("total"),
                 "gender": row.get("gender"),
             }
         )
-    return records, counted
+    return records, answers.counted
 
 
 def generate_batches(
