@@ -80,6 +80,10 @@ def main() -> None:
             for group, items in PLANTED.items()
         }
 
+    def points_at_planted(by_group: dict) -> dict:
+        """Per modality: does withholding it move the items planted in it more than every other group's?"""
+        return {m: all(by_group[m][m] > by_group[g][m] + 1e-6 for g in PLANTED if g != m) for m in ("audio", "video")}
+
     by_group, head_by_group = by_planted_group(attribution), by_planted_group(head_attribution)
     plain_metrics = json.loads((plain_dir / "metrics.json").read_text())
     probabilities = metrics.get("score_probabilities") or {}
@@ -93,13 +97,16 @@ def main() -> None:
                                                                  "calibration", "total_interval", "screen_brier")},
         "evidence": metrics.get("evidence"),
         "modality_attribution": attribution, "attribution_by_planted_group": by_group,
+        "points_at_planted": {"expected": points_at_planted(by_group), "head": points_at_planted(head_by_group),
+                              **({"score": points_at_planted(by_planted_group(score_attribution))} if score_attribution else {})},
         "modality_attribution_head": head_attribution, "head_attribution_by_planted_group": head_by_group,
         **({"modality_attribution_score": score_attribution,
             "score_attribution_by_planted_group": by_planted_group(score_attribution)} if score_attribution else {}),
     }  # fmt: skip
     write_json(result_path("explanations" + suffix.replace("-", "_"), False, None), result)
     print(json.dumps({k: result[k] for k in ("wall_s", "cost_ratio", "attribution_by_planted_group",
-                                             "head_attribution_by_planted_group", "score_attribution_by_planted_group")
+                                             "head_attribution_by_planted_group", "score_attribution_by_planted_group",
+                                             "points_at_planted")
                       if k in result}, indent=2))  # fmt: skip
 
 

@@ -456,3 +456,29 @@ def test_the_counterfactual_section_lists_moved_scores_only():
     assert not any("video withheld" in line for line in lines)
     direct = {**item, "attribution": {"with_all": {"expected": 1.9, "head": 1.5}, "audio": {"expected": 0.8, "head": 0.2}}}
     assert predict.counterfactual_lines([direct]) == []
+
+
+@pytest.mark.parametrize("prefix_reuse", [True, False])
+def test_float32_attribution_reuses_generation_for_every_modality(tiny, rows, monkeypatch, prefix_reuse):
+    """In float32 the "every modality" condition is generation's own digit probabilities and head's
+    score (no forward): the same attribution as running that forward."""
+    from mllm_dr.inference import attribution
+
+    model, processor = amplify_modalities(tiny[0]), tiny[1]
+    assert next(model.parameters()).dtype == torch.float32
+    monkeypatch.setattr(generation, "PerItemSampler", forcing(processor.tokenizer, ANSWERS[:2]))
+    settings = GenerationArguments(max_new_tokens=40, modality_attribution=True, prefix_reuse=prefix_reuse)
+    calls = []
+    original = attribution._AnswerInputs.forward
+    monkeypatch.setattr(attribution._AnswerInputs, "forward",
+                        lambda self, model, modalities=(): calls.append(tuple(modalities)) or original(self, model, modalities))
+    reused, _ = generate_items(model, processor, rows[:3], "full", settings, use_head=True)
+    assert () not in calls and len(calls) == 3  # the three withheld conditions only
+    monkeypatch.setattr(attribution, "EXACT_REUSE_DTYPES", ())
+    calls.clear()
+    forwarded, _ = generate_items(model, processor, rows[:3], "full", settings, use_head=True)
+    assert () in calls and len(calls) == 4
+    for a, b in zip(reused, forwarded):
+        for name in ("with_all", "audio", "video", "both"):
+            assert a["attribution"][name]["expected"] == pytest.approx(b["attribution"][name]["expected"], abs=1e-4), name
+            assert a["attribution"][name]["head"] == pytest.approx(b["attribution"][name]["head"], abs=1e-4), name

@@ -32,6 +32,10 @@ from .prefix import Prefill, cache_kwarg, features_of, left_padded, prefill, rea
 
 CONDITIONS = {"audio": ("audio",), "video": ("video",), "both": ("audio", "video")}
 ATTRIBUTION_EFFECTS = ("direct", "total")
+# Where generation's own digit probabilities and head's score stand in for the "every modality" forward:
+# float32 decoding and a float32 forward agree to ~1e-5; in bf16 they differ by ~0.03 (BENCHMARKS.md §9),
+# the size of the attribution itself, so there the forward runs.
+EXACT_REUSE_DTYPES = (torch.float32, torch.float64)
 
 
 def attribution_conditions(batch: Mapping[str, torch.Tensor]) -> dict[str, tuple[str, ...]]:
@@ -132,6 +136,7 @@ def modality_attribution(
     steps: Sequence[tuple[int, int, tuple[int, ...]]],
     use_head: bool,
     shared: Prefill | None = None,
+    reference: tuple[torch.Tensor, torch.Tensor | None] | None = None,
 ) -> list[dict[str, Any] | None]:
     """Per row: ``{"with_all": {"expected": e, "head": h}, "audio"|"video"|"both": {"expected": d,
     "head": d}}`` (e, h: with every modality; d = with - without; the head's only for a trained head), or None
@@ -139,7 +144,10 @@ def modality_attribution(
     collated left-padded prompts the rows were generated from; ``new_tokens`` their generated ids;
     ``steps`` where each row wrote its score digit (:func:`mllm_dr.uncertainty.score_steps`).
     ``shared``: the rows' common prompt prefix as generation prefilled it (one participant's items):
-    the prefix then runs once per withheld condition and the rows only their own suffixes."""
+    the prefix then runs once per withheld condition and the rows only their own suffixes.
+    ``reference``: the "every modality" expected scores and head's scores of the found rows, as
+    generation measured them (exact only where its incremental decoding and a forward agree: float32,
+    see :data:`EXACT_REUSE_DTYPES`); that condition's forward is then skipped."""
     conditions = attribution_conditions(batch)
     result: list[dict[str, Any] | None] = [None] * len(new_tokens)
     found = list(steps)
@@ -149,7 +157,7 @@ def modality_attribution(
     inputs = _AnswerInputs(batch, new_tokens, found, pad, shared)
     candidates = torch.tensor([c for _, _, c in found], device=new_tokens.device)
     low = processor.score_min
-    full_expected, full_head = _expected_and_head(inputs.forward(model), candidates, low)
+    full_expected, full_head = reference if reference is not None else _expected_and_head(inputs.forward(model), candidates, low)
     changes = {}
     for name, modalities in conditions.items():
         expected, head = _expected_and_head(inputs.forward(model, modalities), candidates, low)
@@ -226,4 +234,5 @@ def describe_attribution(attribution: Mapping[str, Any] | None) -> str:
         return "n/a"
     of = "score" if "score" in attribution.get("with_all", {}) else "expected"
     changes = {name: attribution[name][of] for name in CONDITIONS if name in attribution}
-    return ", ".join(f"{name} {'n/a' if change is None else f'{change:+.2f}'}" for name, change in changes.items())
+    # rounded first, so that float noise below the shown precision reads +0.00, not -0.00
+    return ", ".join(f"{name} {'n/a' if change is None else f'{round(change, 2) + 0.0:+.2f}'}" for name, change in changes.items())

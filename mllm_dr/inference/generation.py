@@ -19,6 +19,7 @@ from processing_mllm_dr import MllmDrProcessor
 
 from ..data import MllmDrCollator, feature_key
 from ..uncertainty import score_probabilities, score_steps
+from . import attribution
 from .attribution import ATTRIBUTION_EFFECTS, attribution_conditions, modality_attribution, total_effect, withheld
 from .prefix import Prefill, cache_kwarg, left_padded, real_prompts, shared_prefill
 
@@ -72,7 +73,8 @@ class GenerationArguments:
         default=False,
         metadata={"help": "Per item, how much the audio, the video and both moved the expected score and the head's "
                   "score: the prompt and the answer up to the score digit run again with that modality withheld "
-                  "through the missing-modality path (3 extra forwards per batch, no generation; see "
+                  "through the missing-modality path (no generation: 3 extra forwards per batch in float32, where "
+                  "generation's own probabilities are the every-modality condition, 4 in bf16; see "
                   "--attribution_effect)."},
     )
     attribution_effect: str = field(
@@ -380,12 +382,22 @@ def generate_items(
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     direct = settings.modality_attribution and settings.attribution_effect == "direct"
-    # with the direct attribution the prefix's prefill is kept: it is also the "every modality" condition
+    # with the direct attribution the prefix's prefill is kept: the withheld conditions reuse its ids, and
+    # in bf16 the "every modality" condition its cache; in float32 generation's own digit probabilities and
+    # head's score are that condition (no forward)
+    exact = next(model.parameters()).dtype in attribution.EXACT_REUSE_DTYPES and settings.score_probabilities
     answers, shared = generate_answers(model, processor, batch, rows, settings, use_head, keep_prefill=direct)
     attributions: list[dict[str, Any] | None] = [None] * len(rows)
     if direct:
+        trained_head = answers.head[0] is not None
+        reference = None
+        if exact and answers.steps:
+            device = answers.new_tokens.device
+            expected = torch.tensor([answers.probabilities[row]["expected_score"] for row, _, _ in answers.steps], device=device)
+            heads = torch.tensor([answers.head[row] for row, _, _ in answers.steps], device=device) if trained_head else None
+            reference = (expected, heads)
         attributions = modality_attribution(
-            model, processor, batch, answers.new_tokens, answers.steps, answers.head[0] is not None, shared=shared)
+            model, processor, batch, answers.new_tokens, answers.steps, trained_head, shared=shared, reference=reference)
     elif settings.modality_attribution:
         attributions = total_attribution(model, processor, batch, rows, settings, use_head, answers)
     records = []
