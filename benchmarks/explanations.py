@@ -11,7 +11,7 @@ Evaluates the model (default: the demo's stage 2) on the run's test split (``RUN
 the demo's evaluation flags, in one process after another: plain (``--no_score_probabilities``) and
 with every explanation (probabilities, the default, plus ``--modality_attribution`` with
 ``--attribution_effect`` EFFECT); the cost is the ratio of the two wall times. Writes
-``benchmarks/results/explanations.json`` (``explanations_total.json`` for the total effect).
+``benchmarks/results/explanations.json`` (``explanations_total.json`` for the total effect, ``_float32`` added for --dtype float32).
 """
 
 from __future__ import annotations
@@ -62,9 +62,11 @@ def main() -> None:
                         help="auto: the demo's (bf16 where the CPU has it); float32 for attribution meant for reading.")
     parser.add_argument("--effect", choices=("direct", "total"), default="direct",
                         help="--attribution_effect of the explained evaluation (total: the answers re-generated per condition).")
+    parser.add_argument("--output", type=Path, help="Results JSON (default: benchmarks/results/explanations[_total][_float32].json).")
     args = parser.parse_args()
     model = args.model or args.run / "stage2"
     suffix = "" if args.effect == "direct" else f"-{args.effect}"
+    suffix += "" if args.dtype == "auto" else f"-{args.dtype}"
     plain_dir, explained_dir = args.run / f"eval-plain{suffix}", args.run / f"eval-explained{suffix}"
     plain = evaluate(args.run, model, args.dtype, plain_dir, ["--no_score_probabilities"])
     explained = evaluate(args.run, model, args.dtype, explained_dir,
@@ -103,7 +105,7 @@ def main() -> None:
         **({"modality_attribution_score": score_attribution,
             "score_attribution_by_planted_group": by_planted_group(score_attribution)} if score_attribution else {}),
     }  # fmt: skip
-    write_json(result_path("explanations" + suffix.replace("-", "_"), False, None), result)
+    write_json(result_path("explanations" + suffix.replace("-", "_"), False, args.output), result)
     print(json.dumps({k: result[k] for k in ("wall_s", "cost_ratio", "attribution_by_planted_group",
                                              "head_attribution_by_planted_group", "score_attribution_by_planted_group",
                                              "points_at_planted")
