@@ -197,7 +197,8 @@ def run_cell(cell: Cell, recipes: list[str], baselines: list[str], timings: dict
         dev[recipe] = {source: summarise(dev_metrics, source) for source in DEV_SOURCES}
         if not dev[recipe]["combined_cross_fitted"]:  # an evaluation from before the cross-fitted source
             records = [record for _, record in read_jsonl(dev_dir / "predictions.jsonl")]
-            sources = score_source_comparison(records, dev_metrics.get("cutoff", 10), 0, (0, 3))
+            seed = json.loads((dev_dir / "manifest.json").read_text()).get("seed", 0)  # PHQ items: scores 0-3
+            sources = score_source_comparison(records, dev_metrics.get("cutoff", 10), seed, (0, 3))
             dev[recipe]["combined_cross_fitted"] = summarise({"score_sources": sources}, "combined_cross_fitted")
         metrics = cell.evaluate(recipe, ["--model", str(model / "merged"), "--fit_text_weight_on", str(dev_dir)], timings)
         results[recipe] = {source: summarise(metrics, source) for source in SOURCES}
