@@ -31,19 +31,25 @@ ANSWERS = [
 ]
 
 
+class Scripted(LogitsProcessor):
+    """A PerItemSampler stand-in's bookkeeping (same constructor): the decoding step of a call."""
+
+    def __init__(self, seeds, *args, **kwargs):
+        self.start = None
+
+    def step(self, input_ids) -> int:
+        if self.start is None:
+            self.start = input_ids.shape[1]
+        return input_ids.shape[1] - self.start
+
+
 def forcing(tokenizer, answers=ANSWERS):
     """A PerItemSampler stand-in that makes row i of each batch write ``answers[i % len(answers)]``, then EOS."""
     scripts = [tokenizer.encode(a, add_special_tokens=False) + [tokenizer.eos_token_id] for a in answers]
 
-    class Forced(LogitsProcessor):
-        def __init__(self, seeds, *args, **kwargs):
-            self.rows = len(seeds)
-            self.start = None
-
+    class Forced(Scripted):
         def __call__(self, input_ids, scores):
-            if self.start is None:
-                self.start = input_ids.shape[1]
-            step = input_ids.shape[1] - self.start
+            step = self.step(input_ids)
             forced = torch.full_like(scores, float("-inf"))
             for row in range(scores.shape[0]):
                 script = scripts[row % len(scripts)]
@@ -326,14 +332,9 @@ def digit_choosing(tokenizer, reason="Evaluation Reason: low mood.\nScore:"):
     script = tokenizer.encode(reason, add_special_tokens=False)
     digits = [tokenizer.encode(f" {d}", add_special_tokens=False)[0] for d in range(4)]
 
-    class Choosing(LogitsProcessor):
-        def __init__(self, seeds, *args, **kwargs):
-            self.start = None
-
+    class Choosing(Scripted):
         def __call__(self, input_ids, scores):
-            if self.start is None:
-                self.start = input_ids.shape[1]
-            step = input_ids.shape[1] - self.start
+            step = self.step(input_ids)
             forced = torch.full_like(scores, float("-inf"))
             for row in range(scores.shape[0]):
                 if step < len(script):
