@@ -188,6 +188,18 @@ def test_coverage_counts_the_bounds_as_inside():
     assert got["coverage"] == 0.75 and got["mean_width"] == pytest.approx((3 + 3 + 2 + 0) / 4)
 
 
+def predict_one_interview(checkpoint, tmp_path, flags):
+    """``mllm-dr-predict`` on a one-line E-DAIC interview with audio features: its report folder."""
+    transcript = tmp_path / "900_Transcript.csv"
+    transcript.write_text('Start_Time,End_Time,Text,Confidence\n0.1,2.0,"hello, low every day",0.9\n')
+    audio = tmp_path / "900_HuBERT.npy"
+    np.save(audio, np.random.default_rng(0).standard_normal((9, AUDIO_DIM)).astype(np.float32))
+    report_dir = tmp_path / "predicted"
+    predict.main(["--model", str(checkpoint), "--transcript", str(transcript), "--audio", str(audio),
+                  "--output_dir", str(report_dir), *flags])  # fmt: skip
+    return report_dir
+
+
 def test_evaluation_and_prediction_report_the_probabilities(checkpoint, tmp_path, monkeypatch):
     from mllm_dr.inference import load_model
 
@@ -217,13 +229,7 @@ def test_evaluation_and_prediction_report_the_probabilities(checkpoint, tmp_path
     assert "expected calibration error" in report.lower() and "80% interval" in report
     assert (out / "reliability_diagram.png").stat().st_size > 1000
 
-    transcript = tmp_path / "900_Transcript.csv"
-    transcript.write_text('Start_Time,End_Time,Text,Confidence\n0.1,2.0,"hello, low every day",0.9\n')
-    audio = tmp_path / "900_HuBERT.npy"
-    np.save(audio, np.random.default_rng(0).standard_normal((9, AUDIO_DIM)).astype(np.float32))
-    report_dir = tmp_path / "predicted"
-    predict.main(["--model", str(checkpoint), "--transcript", str(transcript), "--audio", str(audio),
-                  "--output_dir", str(report_dir), "--max_new_tokens", "40", "--device", "cpu"])  # fmt: skip
+    report_dir = predict_one_interview(checkpoint, tmp_path, ["--max_new_tokens", "40", "--device", "cpu"])
     prediction = json.loads((report_dir / "prediction.json").read_text())
     items = prediction["items"]
     assert items[0]["score_probabilities"] is not None and items[2]["score_probabilities"] is None
@@ -429,13 +435,7 @@ def test_evaluation_and_prediction_report_the_total_effect(tiny, tmp_path, monke
     report = (out / "report.md").read_text()
     assert "## Modality attribution (total effect): the score" in report and "the total effect" in report
 
-    transcript = tmp_path / "900_Transcript.csv"
-    transcript.write_text('Start_Time,End_Time,Text,Confidence\n0.1,2.0,"hello, low every day",0.9\n')
-    audio = tmp_path / "900_HuBERT.npy"
-    np.save(audio, np.random.default_rng(0).standard_normal((9, AUDIO_DIM)).astype(np.float32))
-    report_dir = tmp_path / "predicted"
-    predict.main(["--model", str(checkpoint), "--transcript", str(transcript), "--audio", str(audio),
-                  "--output_dir", str(report_dir), *flags])  # fmt: skip
+    report_dir = predict_one_interview(checkpoint, tmp_path, flags)
     items = json.loads((report_dir / "prediction.json").read_text())["items"]
     assert all("rationale" in item["attribution"]["audio"] for item in items)
     markdown = (report_dir / "prediction.md").read_text()

@@ -10,7 +10,8 @@ head's score from the prompt. The attribution of a modality is the expected scor
 minus the expected score without it (``+0.8``: the audio raised this item by 0.8), and the same for
 the head. For one participant's items (generation's shared-prefix batches) the shared prefix (system
 prompt, placeholders, transcript) runs once per withheld condition and each item only its own
-suffix; the condition with every modality reuses generation's own prefill.
+suffix. The condition with every modality is generation's own digit probabilities and head's score
+in float32 (no forward), and a forward against generation's own prefill in bf16.
 
 That is the *direct* effect at the digit: the rationale, written with every modality, is held fixed,
 and a score that follows its rationale barely moves. ``--attribution_effect total`` measures the
@@ -81,6 +82,18 @@ def _expected_and_head(out, candidates: torch.Tensor, low: int):
     return expected, head
 
 
+def _generated_reference(model, generated, found, use_head: bool, device):
+    """``(expected, head)`` tensors of the found rows from generation's own measurements where they
+    are exact (see :func:`modality_attribution`), else ``(None, None)``."""
+    if generated is None or next(model.parameters()).dtype not in EXACT_REUSE_DTYPES:
+        return None, None
+    expected, heads = ([values[row] for row, _, _ in found] for values in generated)
+    if any(value is None for value in expected) or (use_head and any(value is None for value in heads)):
+        return None, None
+    return (torch.tensor(expected, device=device),
+            torch.tensor(heads, device=device) if use_head else None)  # fmt: skip
+
+
 class _AnswerInputs:
     """The rows' prompts followed by their answers up to (not including) the score digit, left-padded,
     so that the last position predicts the digit; the head pools the prompt only (``prompt_mask``).
@@ -136,7 +149,7 @@ def modality_attribution(
     steps: Sequence[tuple[int, int, tuple[int, ...]]],
     use_head: bool,
     shared: Prefill | None = None,
-    reference: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+    generated: tuple[Sequence[float | None], Sequence[float | None]] | None = None,
 ) -> list[dict[str, Any] | None]:
     """Per row: ``{"with_all": {"expected": e, "head": h}, "audio"|"video"|"both": {"expected": d,
     "head": d}}`` (e, h: with every modality; d = with - without; the head's only for a trained head), or None
@@ -145,9 +158,10 @@ def modality_attribution(
     ``steps`` where each row wrote its score digit (:func:`mllm_dr.uncertainty.score_steps`).
     ``shared``: the rows' common prompt prefix as generation prefilled it (one participant's items):
     the prefix then runs once per withheld condition and the rows only their own suffixes.
-    ``reference``: the "every modality" expected scores and head's scores of the found rows, as
-    generation measured them (exact only where its incremental decoding and a forward agree: float32,
-    see :data:`EXACT_REUSE_DTYPES`); that condition's forward is then skipped."""
+    ``generated``: every row's expected score and head's score as generation measured them; where its
+    incremental decoding and a forward agree (the model's dtype in :data:`EXACT_REUSE_DTYPES`) and
+    every found row has its expected score, they are the "every modality" condition and its forward
+    is skipped."""
     conditions = attribution_conditions(batch)
     result: list[dict[str, Any] | None] = [None] * len(new_tokens)
     found = list(steps)
@@ -157,7 +171,9 @@ def modality_attribution(
     inputs = _AnswerInputs(batch, new_tokens, found, pad, shared)
     candidates = torch.tensor([c for _, _, c in found], device=new_tokens.device)
     low = processor.score_min
-    full_expected, full_head = reference if reference is not None else _expected_and_head(inputs.forward(model), candidates, low)
+    full_expected, full_head = _generated_reference(model, generated, found, use_head, candidates.device)
+    if full_expected is None:
+        full_expected, full_head = _expected_and_head(inputs.forward(model), candidates, low)
     changes = {}
     for name, modalities in conditions.items():
         expected, head = _expected_and_head(inputs.forward(model, modalities), candidates, low)

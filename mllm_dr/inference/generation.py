@@ -19,7 +19,6 @@ from processing_mllm_dr import MllmDrProcessor
 
 from ..data import MllmDrCollator, feature_key
 from ..uncertainty import score_probabilities, score_steps
-from . import attribution
 from .attribution import ATTRIBUTION_EFFECTS, attribution_conditions, modality_attribution, total_effect, withheld
 from .prefix import Prefill, cache_kwarg, left_padded, real_prompts, shared_prefill
 
@@ -80,7 +79,7 @@ class GenerationArguments:
     attribution_effect: str = field(
         default="direct",
         metadata={"help": "--modality_attribution's effect: direct (the generated rationale kept as context, the "
-                  "digit's probabilities and the head read again; 3 forwards) or total (the answer generated "
+                  "digit's probabilities and the head read again; 3-4 forwards) or total (the answer generated "
                   "again per withheld condition, with the same per-item random streams: the change of the score "
                   "that counts, the expected score and the head's score, and the rationale written without "
                   "the modality; 3 extra generations, about 4x a plain evaluation).",
@@ -228,7 +227,7 @@ def shares_prefix(rows: Sequence[Mapping[str, Any]]) -> bool:
 
 
 @torch.no_grad()
-def generate_with_shared_prefix(model, batch: dict[str, torch.Tensor], shared: Prefill | None = None, **generate_kwargs: Any):
+def generate_with_shared_prefix(model, batch: Mapping[str, torch.Tensor], shared: Prefill | None = None, **generate_kwargs: Any):
     """Generation for prompts that share a prefix (a participant's system prompt, features and
     transcript come before the item instruction): the prefix is prefilled once, its KV cache and
     last hidden states are copied to every item, and only the item-specific suffixes are prefilled.
@@ -313,7 +312,7 @@ def generate_answers(
     shared = None
     if settings.prefix_reuse and shares_prefix(rows):
         shared = shared_prefill(model, batch) if keep_prefill else None
-        out, prompt_length = generate_with_shared_prefix(model, dict(batch), shared, **kwargs)
+        out, prompt_length = generate_with_shared_prefix(model, batch, shared, **kwargs)
     else:
         out = model.generate(**batch, **kwargs)
         prompt_length = batch["input_ids"].shape[1]
@@ -339,11 +338,12 @@ def generate_answers(
 @torch.no_grad()
 def total_attribution(
     model, processor: MllmDrProcessor, batch: Mapping[str, torch.Tensor], rows: Sequence[Mapping[str, Any]],
-    settings: GenerationArguments, use_head: bool, answers: Answers,
+    settings: GenerationArguments, use_head: bool, outcomes: Sequence[Mapping[str, Any]],
 ) -> list[dict[str, Any] | None]:  # fmt: skip
     """``--attribution_effect total``: each withheld condition generates the rows' answers again
     (same per-item random streams), and each row records how its score that counts, its expected
-    score and its head's score changed (:func:`mllm_dr.inference.attribution.total_effect`)."""
+    score and its head's score changed (:func:`mllm_dr.inference.attribution.total_effect`) from its
+    ``outcomes`` with every modality (:meth:`Answers.outcome`)."""
     conditions = attribution_conditions(batch)
     if not conditions:
         return [None] * len(rows)
@@ -352,9 +352,8 @@ def total_attribution(
         for name, modalities in conditions.items()
     }  # fmt: skip
     return [
-        total_effect(answers.outcome(i, processor, settings),
-                     {name: other.outcome(i, processor, settings) for name, other in without.items()})
-        for i in range(len(rows))
+        total_effect(outcome, {name: other.outcome(i, processor, settings) for name, other in without.items()})
+        for i, outcome in enumerate(outcomes)
     ]  # fmt: skip
 
 
@@ -382,27 +381,19 @@ def generate_items(
     device = next(model.parameters()).device
     batch = {k: v.to(device) for k, v in batch.items()}
     direct = settings.modality_attribution and settings.attribution_effect == "direct"
-    # with the direct attribution the prefix's prefill is kept: the withheld conditions reuse its ids, and
-    # in bf16 the "every modality" condition its cache; in float32 generation's own digit probabilities and
-    # head's score are that condition (no forward)
-    exact = next(model.parameters()).dtype in attribution.EXACT_REUSE_DTYPES and settings.score_probabilities
+    # with the direct attribution the prefix's prefill is kept: the withheld conditions reuse its ids
+    # (and, outside float32, the "every modality" condition its cache)
     answers, shared = generate_answers(model, processor, batch, rows, settings, use_head, keep_prefill=direct)
+    outcomes = [answers.outcome(i, processor, settings) for i in range(len(rows))]
     attributions: list[dict[str, Any] | None] = [None] * len(rows)
     if direct:
-        trained_head = answers.head[0] is not None
-        reference = None
-        if exact and answers.steps:
-            device = answers.new_tokens.device
-            expected = torch.tensor([answers.probabilities[row]["expected_score"] for row, _, _ in answers.steps], device=device)
-            heads = torch.tensor([answers.head[row] for row, _, _ in answers.steps], device=device) if trained_head else None
-            reference = (expected, heads)
-        attributions = modality_attribution(
-            model, processor, batch, answers.new_tokens, answers.steps, trained_head, shared=shared, reference=reference)
+        generated = ([o["expected"] for o in outcomes], answers.head)
+        attributions = modality_attribution(model, processor, batch, answers.new_tokens, answers.steps,
+                                            answers.head[0] is not None, shared=shared, generated=generated)  # fmt: skip
     elif settings.modality_attribution:
-        attributions = total_attribution(model, processor, batch, rows, settings, use_head, answers)
+        attributions = total_attribution(model, processor, batch, rows, settings, use_head, outcomes)
     records = []
-    for i, row in enumerate(rows):
-        outcome = answers.outcome(i, processor, settings)
+    for i, (row, outcome) in enumerate(zip(rows, outcomes)):
         records.append(
             {
                 "participant_id": str(row["participant_id"]),
