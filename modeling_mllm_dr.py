@@ -525,6 +525,7 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
         use_cache: bool | None = None,
         logits_to_keep: int | torch.Tensor = 0,
         compute_score: bool = True,
+        detach_score_head: bool = False,
         lm_loss_weight: float | None = None,
         score_loss_weight: float | None = None,
         num_items_in_batch: int | torch.Tensor | None = None,
@@ -549,6 +550,8 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
                 (the frozen LQ-formers of stage 2 need to run once per participant only).
             logits_to_keep: As in transformers: 0 keeps all positions; the loss never depends on it.
             compute_score: Run the MAA head (``generate`` sets it on the prefill only).
+            detach_score_head: The head reads the hidden states without passing its MSE back into the
+                LLM (the MSE then trains the head only; the LLM learns from the cross-entropy alone).
             lm_loss_weight / score_loss_weight: Override the config's Eq. 3 weights (for schedules).
             num_items_in_batch: Answer tokens over the whole accumulated batch; when given, the CE
                 is a sum divided by it (exact under gradient accumulation).
@@ -618,7 +621,7 @@ class MllmDrForConditionalGeneration(MllmDrPreTrainedModel, GenerationMixin):
         if compute_score and (past_length == 0 or prefix_hidden_states is not None):
             covers = "the cached prefix + input_ids" if head_hidden is not hidden_states else "input_ids"
             token_mask = self._head_token_mask(head_hidden, attention_mask, labels, prompt_mask, covers)
-            score = self.score_head(head_hidden, token_mask)
+            score = self.score_head(head_hidden.detach() if detach_score_head else head_hidden, token_mask)
             if self._captured_head_scores is not None:
                 self._captured_head_scores.append(score.detach())
             if score_labels is not None:

@@ -11,7 +11,7 @@ the demo's size: ~36/12/12 train/dev/test), on which every recipe is trained wit
 (``mllm_dr.demo``: stage 1 with the alignment probe, stage 2, SmolLM2-135M, greedy) plus the
 recipe's own changes (``RECIPES``: ``score_first`` writes the score before the rationale,
 ``lora_qkvo`` puts LoRA on all four attention projections, ``stage1_120`` doubles stage 1 in its own
-folder), then evaluated on dev and on test, the test run fitting the text/head weight of
+folder, ``detached_head`` keeps the head's MSE out of the LLM), then evaluated on dev and on test, the test run fitting the text/head weight of
 ``--score_source combined`` on the dev run (never on test). One generation per model gives every
 score source (``metrics.json`` ``score_sources``): the paper's ``generated_with_head_fallback``, the
 ``expected`` score under the digit probabilities, the MAA ``head`` alone and the dev-fitted
@@ -73,6 +73,9 @@ RECIPES: dict[str, Recipe] = {
     "score_first": Recipe(("--answer_order", "score_first")),
     "lora_qkvo": Recipe(("--lora_target_modules", r"language_model\..*\.(q_proj|k_proj|v_proj|o_proj)")),
     "stage1_120": Recipe(settings=(("stage1_steps", 120),)),
+    # The joint loss with the head's MSE kept out of the LLM: the LoRA learns from the CE alone (as in
+    # "w/o Joint"), the head still reads the hidden states (fallback, head and combined sources).
+    "detached_head": Recipe(("--detach_score_head",)),
 }
 BASELINES = ("train_mean", "zero_shot", "text_only")
 SOURCES = ("generated_with_head_fallback", "expected", "head", "combined")
@@ -273,16 +276,30 @@ def dev_table(cells: dict[str, dict[str, Any]]) -> str:
     return table({name: results["dev"] for name, results in cells.items() if "dev" in results})
 
 
-def carried_cells(path: Path | None, computed: set[str]) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The cells of an earlier results file that this run does not compute, and where each came from
-    (that file's command, date and commit, or its own record of an earlier one)."""
+def carried_cells(path: Path | None) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The cells of an earlier results file, and where each of their entries (recipe or baseline, with
+    its dev figures) came from: that file's command, date and commit, or its own record of an earlier
+    one (``entry_sources``; files from before it recorded ``cell_sources``, one origin per cell)."""
     if path is None:
         return {}, {}
     earlier = json.loads(path.read_text())
-    cells = {name: value for name, value in earlier["cells"].items() if name not in computed}
     origin = {key: earlier.get(key) for key in ("command", "date", "git_commit")}
-    sources = {name: (earlier.get("cell_sources") or {}).get(name, origin) for name in cells}
-    return cells, sources
+    entry_sources = earlier.get("entry_sources") or {}
+    cell_sources = earlier.get("cell_sources") or {}
+    sources = {
+        name: entry_sources.get(name) or {entry: cell_sources.get(name, origin) for entry in value if entry != "dev"}
+        for name, value in earlier["cells"].items()
+    }
+    return earlier["cells"], sources
+
+
+def merged_cell(earlier: dict[str, Any], computed: dict[str, Any]) -> dict[str, Any]:
+    """A carried cell with this run's entries in place of its own (the dev figures likewise, per entry)."""
+    cell = {**earlier, **{k: v for k, v in computed.items() if k != "dev"}}
+    dev = {**earlier.get("dev", {}), **computed.get("dev", {})}
+    if dev:
+        cell["dev"] = dev
+    return cell
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -300,14 +317,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="a smoke run: 12 participants, 2 stage-1 steps, 0.1 epoch")
     parser.add_argument("--output", default=None, help="results JSON (default benchmarks/results/learning.json)")
     parser.add_argument("--carry", type=Path, default=None,
-                        help="an earlier results JSON whose other cells join the table (each with its command, date "
-                             "and commit under cell_sources); the cells this run lists are computed anew")
+                        help="an earlier results JSON whose cells join the table (each entry with its command, date "
+                             "and commit under entry_sources); in a cell this run computes, the recipes and baselines it "
+                             "lists are computed anew and the cell's others are kept (the corpus generator and stage 1 "
+                             "are deterministic: the same seed and layout give the same corpus)")
     args = parser.parse_args(argv)
     check_recipes()
     argv_text = " ".join(["python benchmarks/learning.py", *(argv if argv is not None else sys.argv[1:])])
     this_run = {"command": argv_text, "date": time.strftime("%Y-%m-%d"), "git_commit": git_commit()}
-    planned = {cell_name(seed, layout, args.seconds) for layout in args.layouts for seed in args.seeds}
-    carried, cell_sources = carried_cells(args.carry, planned)
+    carried, entry_sources = carried_cells(args.carry)
 
     settings = DemoSettings(precision=args.precision, seconds=args.seconds).resolved()
     if args.quick:
@@ -326,14 +344,15 @@ def main(argv: list[str] | None = None) -> int:
             cell_settings = demo_settings if reuse else replace(settings, seed=seed)
             cell = Cell(args.run_dir, cell_settings, layout, args.demo_run if reuse else None)
             started = time.perf_counter()
-            cells[cell.name] = run_cell(cell, args.recipes, args.baselines, timings)
-            cell_sources[cell.name] = this_run
+            computed = run_cell(cell, args.recipes, args.baselines, timings)
+            cells[cell.name] = merged_cell(cells.get(cell.name, {}), computed)
+            entry_sources.setdefault(cell.name, {}).update({entry: this_run for entry in computed if entry != "dev"})
             write_json(timings_path, timings)
             print(f"{cell.name}: done in {time.perf_counter() - started:.0f} s", flush=True)
             result = {
                 **this_run, "machine": machine_facts(), "settings": asdict(settings),
                 "demo_run": None if args.demo_run is None else str(args.demo_run),
-                "timings_s": {k: round(v, 1) for k, v in timings.items()}, "cells": cells, "cell_sources": cell_sources,
+                "timings_s": {k: round(v, 1) for k, v in timings.items()}, "cells": cells, "entry_sources": entry_sources,
                 "table": table(cells), "dev_table": dev_table(cells),
             }  # fmt: skip
             write_json(result_path("learning", args.quick, args.output), result)  # after every cell: partial results

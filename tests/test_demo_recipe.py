@@ -182,17 +182,25 @@ def test_learning_matrix_resumes_finished_cells_and_tabulates_the_goal(tmp_path,
     assert "demo: combined_cross_fitted" not in lines  # on test the dev-fitted combined counts
     assert result["cells"]["seed1-standard"]["dev"]["demo"]["head"]["groups"]["video"] == pytest.approx(0.72)
 
-    # a later run of another cell carries the earlier cells, each with where it came from
+    # a later run of another cell carries the earlier cells, each entry with where it came from; in a
+    # cell it lists, its entries are computed anew and the cell's others kept
     first = result["command"]
     del result["cells"]["seed0-standard"]["dev"]["demo"]["combined_cross_fitted"]  # a cell from before that source
+    origin = {key: result[key] for key in ("command", "date", "git_commit")}
+    result["cell_sources"] = {name: origin for name in result.pop("entry_sources")}  # a file from before entry_sources
     output.write_text(json.dumps(result))
     later = subprocess.run([sys.executable, script, "--run_dir", str(run_dir), "--seeds", "2", "1", "--layouts", "standard",
                             "--output", str(output), "--carry", str(output)], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert later.returncode == 0, later.stderr[-2000:]
     merged = json.loads(output.read_text())
     assert sorted(merged["cells"]) == ["seed0-standard", "seed1-standard", "seed2-standard"]
-    assert merged["cell_sources"]["seed0-standard"]["command"] == first  # carried
-    assert merged["cell_sources"]["seed1-standard"]["command"] == merged["command"] != first  # listed: computed anew
+    sources = merged["entry_sources"]
+    assert sources["seed0-standard"]["demo"]["command"] == first  # carried
+    assert sources["seed1-standard"]["demo"]["command"] == merged["command"] != first  # listed: computed anew
+    assert sources["seed1-standard"]["train_mean"]["command"] == merged["command"]
+    assert sources["seed1-standard"]["stage1_120"]["command"] == first  # not listed: kept in the computed cell
+    assert "stage1_120" in merged["cells"]["seed1-standard"] and "stage1_120" in merged["cells"]["seed1-standard"]["dev"]
+    assert set(sources["seed2-standard"]) == {"demo", "train_mean"}
     assert merged["table"].splitlines()[2].split(" | ")[1].strip() == "3"
     cross = next(line for line in merged["dev_table"].splitlines() if line.startswith("| demo: combined_cross_fitted"))
     assert cross.split(" | ")[1].strip() == "2"  # the carried cell without it is left out of that row only

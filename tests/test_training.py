@@ -418,3 +418,55 @@ def test_an_option_of_another_corpus_is_refused(backbone_dir, corpus, tmp_path):
         train.main(["--stage", "1", "--backbone", str(backbone_dir), "--output_dir", str(tmp_path / "y"),
                     "--feature_cache_dir", str(tmp_path / "cache"), *common_args(corpus)])
     assert not (tmp_path / "cache").exists()
+
+
+def test_detached_score_head_trains_the_head_but_not_the_llm(backbone_dir, corpus, tmp_path):
+    """--detach_score_head: with the cross-entropy weighted 0, one step changes the MAA head and leaves
+    the LoRA weights as they were; without it the head's MSE moves the LoRA weights too."""
+    import datasets
+    from peft import LoraConfig
+
+    from mllm_dr.training import MllmDrTrainingArguments
+
+    rows = datasets.load_from_disk(str(corpus))["train"].select(range(2))
+
+    def one_step(detach: bool) -> dict[str, torch.Tensor]:
+        model, processor = build_tiny(backbone_dir, seed=3)
+        model.requires_grad_(False)
+        peft_model = apply_lora(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=DEFAULT_LORA_TARGET))
+        model.score_head.requires_grad_(True)
+        # LoRA B starts at 0, so the first step's gradient reaches A only through B: one step of B first
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(0))
+        before = trainable_state(peft_model)
+        args = MllmDrTrainingArguments(
+            output_dir=str(tmp_path / f"d{detach}"), per_device_train_batch_size=2, max_steps=1, optim="sgd",
+            lr_scheduler_type="constant", use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no",
+            seed=0, disable_tqdm=True, max_grad_norm=0.0, detach_score_head=detach,
+        )
+        trainer = MllmDrTrainer(
+            model=peft_model, args=args, train_dataset=rows, processing_class=processor,
+            data_collator=MllmDrCollator(processor, "full", with_rationale=True), lm_loss_weight=0.0,
+            score_loss_weight=1.0, learning_rates={"lora": 0.5, "head": 0.5},
+        )
+        trainer.train()
+        after = trainable_state(peft_model)
+        return {k: after[k] - before[k] for k in after}
+
+    for detach in (True, False):
+        moved = one_step(detach)
+        lora = [k for k in moved if "lora_" in k]
+        head = [k for k in moved if "score_head" in k]
+        assert lora and head
+        assert all(moved[k].abs().sum() > 0 for k in head)
+        lora_moved = sum(float(moved[k].abs().sum()) for k in lora)
+        assert (lora_moved == 0) if detach else (lora_moved > 0), (detach, lora_moved)
+
+
+def test_detached_score_head_needs_the_joint_loss(stage1, corpus, tmp_path):
+    for extra in (["--no_joint_loss"], ["--score_loss_weight", "0"]):
+        with pytest.raises(SystemExit, match="--detach_score_head .* needs stage 2 with the joint loss"):
+            train.main(["--stage", "2", "--init_from", str(stage1), "--output_dir", str(tmp_path / "x"),
+                        "--detach_score_head", *extra, *common_args(corpus)])
+    assert not (tmp_path / "x").exists()

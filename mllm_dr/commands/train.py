@@ -119,6 +119,9 @@ def validate(
         raise SystemExit(f"--alignment_probe_weight must be >= 0, got {args.alignment_probe_weight}")
     if args.alignment_probe_weight > 0 and args.stage != 1:
         raise SystemExit("--alignment_probe_weight is a stage-1 objective (stage 2 removes the probe)")
+    if args.detach_score_head and (args.stage != 2 or not args.joint_loss or args.score_loss_weight <= 0):
+        raise SystemExit("--detach_score_head keeps the MAA head's MSE out of the LLM: it needs stage 2 with the joint "
+                         "loss (not --no_joint_loss, --score_loss_weight > 0)")
     if args.stage == 2 and data_args.rationales is None and corpus_args.spec().name != "prepared":
         raise SystemExit("stage 2 trains on rationale + score targets: pass --rationales FILE")
     if args.push_to_hub:

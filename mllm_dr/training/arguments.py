@@ -107,6 +107,11 @@ class MllmDrTrainingArguments(TrainingArguments):
     joint_loss: bool = field(default=True, metadata={"help": "CE + MSE (--no_joint_loss: CE only, 'w/o Joint')."})
     lm_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the answer cross-entropy in Eq. 3."})
     score_loss_weight: float = field(default=1.0, metadata={"help": "Weight of the MAA head's MSE in Eq. 3."})
+    detach_score_head: bool = field(
+        default=False,
+        metadata={"help": "Stage 2: the MAA head's MSE trains the head only, not the LoRA weights (the LLM then learns "
+                  "from the cross-entropy alone; not in the paper, whose joint loss trains both)."},
+    )
     loss_schedule: str = field(
         default="fixed",
         metadata={"help": "fixed | linear_blend (the authors' moving blend, from fractional progress).",

@@ -117,7 +117,9 @@ class MllmDrTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # type: ignore[override]
         w_lm, w_score = self.current_loss_weights()
         labels = inputs["labels"]
-        outputs = model(**inputs, logits_to_keep=1, compute_score=w_score > 0 or not model.training)
+        # --detach_score_head: the head's MSE trains the head only (passed only when set: models without the option load too)
+        detached = {"detach_score_head": True} if getattr(self.args, "detach_score_head", False) else {}
+        outputs = model(**inputs, logits_to_keep=1, compute_score=w_score > 0 or not model.training, **detached)
         n_tokens = (labels[:, 1:] != -100).sum()
         n_samples = labels.shape[0]
         lm_loss = outputs.lm_loss
