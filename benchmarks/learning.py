@@ -11,7 +11,7 @@ the demo's size: ~36/12/12 train/dev/test), on which every recipe is trained wit
 (``mllm_dr.demo``: stage 1 with the alignment probe, stage 2, SmolLM2-135M, greedy) plus the
 recipe's own changes (``RECIPES``: ``score_first`` writes the score before the rationale,
 ``lora_qkvo`` puts LoRA on all four attention projections, ``stage1_120`` doubles stage 1 in its own
-folder, ``detached_head`` keeps the head's MSE out of the LLM), then evaluated on dev and on test, the test run fitting the text/head weight of
+folder, ``detached_head`` keeps the head's MSE out of the LLM, ``mse_quarter`` weights it 0.25), then evaluated on dev and on test, the test run fitting the text/head weight of
 ``--score_source combined`` on the dev run (never on test). One generation per model gives every
 score source (``metrics.json`` ``score_sources``): the paper's ``generated_with_head_fallback``, the
 ``expected`` score under the digit probabilities, the MAA ``head`` alone and the dev-fitted
@@ -76,6 +76,9 @@ RECIPES: dict[str, Recipe] = {
     # The joint loss with the head's MSE kept out of the LLM: the LoRA learns from the CE alone (as in
     # "w/o Joint"), the head still reads the hidden states (fallback, head and combined sources).
     "detached_head": Recipe(("--detach_score_head",)),
+    # Between the two: the MSE still reaches the LLM, at a quarter of the CE's weight (AdamW normalises
+    # the head's own update, so the head learns about as fast; the LoRA's mix of the two gradients changes).
+    "mse_quarter": Recipe(("--score_loss_weight", "0.25")),
 }
 BASELINES = ("train_mean", "zero_shot", "text_only")
 SOURCES = ("generated_with_head_fallback", "expected", "head", "combined")
