@@ -11,8 +11,9 @@ the demo's size: ~36/12/12 train/dev/test), on which every recipe is trained wit
 (``mllm_dr.demo``: stage 1 with the alignment probe, stage 2, SmolLM2-135M, greedy) plus the
 recipe's own changes (``RECIPES``: ``score_first`` writes the score before the rationale,
 ``lora_qkvo`` puts LoRA on all four attention projections, ``stage1_120`` doubles stage 1 in its own
-folder, ``detached_head`` keeps the head's MSE out of the LLM, ``mse_quarter`` weights it 0.25), then evaluated on dev and on test, the test run fitting the text/head weight of
-``--score_source combined`` on the dev run (never on test). One generation per model gives every
+folder, ``detached_head`` keeps the head's MSE out of the LLM, ``mse_quarter`` weights it 0.25), then
+evaluated on dev and on test, the test run fitting the text/head weight of ``--score_source combined``
+on the dev run (never on test). One generation per model gives every
 score source (``metrics.json`` ``score_sources``): the paper's ``generated_with_head_fallback``, the
 ``expected`` score under the digit probabilities, the MAA ``head`` alone and the dev-fitted
 ``combined``. Baselines: ``train_mean`` (each item's training mean), ``zero_shot`` (the untrained

@@ -221,19 +221,37 @@ def test_loss_schedule_from_fractional_progress():
         loss_weights("cosine", 0.5, 1.0, 1.0)
 
 
+def _one_step_moves(backbone_dir, rows, args, lora_b_std: float = 0.0, **trainer_kwargs) -> dict[str, torch.Tensor]:
+    """How far one ``MllmDrTrainer`` run under ``args`` moves each trainable weight of a tiny model
+    with LoRA and a trainable MAA head (``lora_b_std``: LoRA B drawn from N(0, std) instead of zeros)."""
+    from peft import LoraConfig
+
+    model, processor = build_tiny(backbone_dir, seed=3)
+    model.requires_grad_(False)
+    peft_model = apply_lora(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=DEFAULT_LORA_TARGET))
+    model.score_head.requires_grad_(True)
+    if lora_b_std:
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(p, std=lora_b_std, generator=torch.Generator().manual_seed(0))
+    before = trainable_state(peft_model)
+    trainer = MllmDrTrainer(
+        model=peft_model, args=args, train_dataset=rows, processing_class=processor,
+        data_collator=MllmDrCollator(processor, "full", with_rationale=True),
+        learning_rates={"lora": 0.5, "head": 0.5}, **trainer_kwargs,
+    )
+    trainer.train()
+    after = trainable_state(peft_model)
+    return {k: after[k] - before[k] for k in after}
+
+
 def test_gradient_accumulation_2_at_batch_1_equals_batch_2(backbone_dir, corpus, tmp_path):
     import datasets
-    from peft import LoraConfig
     from transformers import TrainingArguments
 
     rows = datasets.load_from_disk(str(corpus))["train"].select(range(2))
 
     def one_step(batch_size: int, accumulation: int) -> dict[str, torch.Tensor]:
-        model, processor = build_tiny(backbone_dir, seed=3)
-        model.requires_grad_(False)
-        peft_model = apply_lora(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=DEFAULT_LORA_TARGET))
-        model.score_head.requires_grad_(True)
-        before = trainable_state(peft_model)
         args = TrainingArguments(
             output_dir=str(tmp_path / f"ga{accumulation}"), per_device_train_batch_size=batch_size,
             gradient_accumulation_steps=accumulation, max_steps=1, optim="sgd", learning_rate=0.5,
@@ -241,14 +259,7 @@ def test_gradient_accumulation_2_at_batch_1_equals_batch_2(backbone_dir, corpus,
             remove_unused_columns=False, label_names=["labels", "score_labels"], seed=0, disable_tqdm=True,
             max_grad_norm=0.0,
         )
-        trainer = MllmDrTrainer(
-            model=peft_model, args=args, train_dataset=rows, processing_class=processor,
-            data_collator=MllmDrCollator(processor, "full", with_rationale=True), score_loss_weight=0.7,
-            learning_rates={"lora": 0.5, "head": 0.5},
-        )
-        trainer.train()
-        after = trainable_state(peft_model)
-        return {k: after[k] - before[k] for k in after}
+        return _one_step_moves(backbone_dir, rows, args, score_loss_weight=0.7)
 
     together, accumulated = one_step(2, 1), one_step(1, 2)
     assert any(v.abs().sum() > 0 for v in together.values())
@@ -424,35 +435,19 @@ def test_detached_score_head_trains_the_head_but_not_the_llm(backbone_dir, corpu
     """--detach_score_head: with the cross-entropy weighted 0, one step changes the MAA head and leaves
     the LoRA weights as they were; without it the head's MSE moves the LoRA weights too."""
     import datasets
-    from peft import LoraConfig
 
     from mllm_dr.training import MllmDrTrainingArguments
 
     rows = datasets.load_from_disk(str(corpus))["train"].select(range(2))
 
     def one_step(detach: bool) -> dict[str, torch.Tensor]:
-        model, processor = build_tiny(backbone_dir, seed=3)
-        model.requires_grad_(False)
-        peft_model = apply_lora(model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=DEFAULT_LORA_TARGET))
-        model.score_head.requires_grad_(True)
-        # LoRA B starts at 0, so the first step's gradient reaches A only through B: one step of B first
-        for name, p in peft_model.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(p, std=0.02, generator=torch.Generator().manual_seed(0))
-        before = trainable_state(peft_model)
         args = MllmDrTrainingArguments(
             output_dir=str(tmp_path / f"d{detach}"), per_device_train_batch_size=2, max_steps=1, optim="sgd",
             lr_scheduler_type="constant", use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no",
             seed=0, disable_tqdm=True, max_grad_norm=0.0, detach_score_head=detach,
         )
-        trainer = MllmDrTrainer(
-            model=peft_model, args=args, train_dataset=rows, processing_class=processor,
-            data_collator=MllmDrCollator(processor, "full", with_rationale=True), lm_loss_weight=0.0,
-            score_loss_weight=1.0, learning_rates={"lora": 0.5, "head": 0.5},
-        )
-        trainer.train()
-        after = trainable_state(peft_model)
-        return {k: after[k] - before[k] for k in after}
+        # LoRA B starts at 0, which would keep every gradient off A: drawn non-zero so that both can move
+        return _one_step_moves(backbone_dir, rows, args, lora_b_std=0.02, lm_loss_weight=0.0, score_loss_weight=1.0)
 
     for detach in (True, False):
         moved = one_step(detach)

@@ -119,7 +119,7 @@ def validate(
         raise SystemExit(f"--alignment_probe_weight must be >= 0, got {args.alignment_probe_weight}")
     if args.alignment_probe_weight > 0 and args.stage != 1:
         raise SystemExit("--alignment_probe_weight is a stage-1 objective (stage 2 removes the probe)")
-    if args.detach_score_head and (args.stage != 2 or not args.joint_loss or args.score_loss_weight <= 0):
+    if args.detach_score_head and not args.trains_score_head:
         raise SystemExit("--detach_score_head keeps the MAA head's MSE out of the LLM: it needs stage 2 with the joint "
                          "loss (not --no_joint_loss, --score_loss_weight > 0)")
     if args.stage == 2 and data_args.rationales is None and corpus_args.spec().name != "prepared":
@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
         processor, mode, with_rationale=with_rationale, embedding_cache=embedding_cache, item_scores=item_scores
     )
 
-    head_trained = args.stage == 2 and args.joint_loss and args.score_loss_weight > 0
+    head_trained = args.trains_score_head
     selection = args.configure_selection(bool(len(dev_rows)), head_trained)
     trainer = MllmDrTrainer(
         model=model,

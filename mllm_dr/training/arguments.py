@@ -166,6 +166,11 @@ class MllmDrTrainingArguments(TrainingArguments):
             self.use_cpu = True
         super().__post_init__()
 
+    @property
+    def trains_score_head(self) -> bool:
+        """Stage 2 with the joint loss and a positive MSE weight: the MAA head is trained."""
+        return self.stage == 2 and self.joint_loss and self.score_loss_weight > 0
+
     def configure_selection(self, has_dev: bool, head_trained: bool) -> dict[str, object]:
         """Sets the Trainer's best-checkpoint selection from ``--select_on`` (lower is better for every
         choice) and returns what the manifest records about it."""

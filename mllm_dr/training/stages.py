@@ -222,7 +222,7 @@ def build_stage_model(
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=args.gradient_checkpointing)
     peft_model = apply_lora(model, lora_config)
     patterns = [r"language_model\..*lora_[AB]\..*"]
-    if args.joint_loss and args.score_loss_weight > 0:
+    if args.trains_score_head:
         model.score_head.requires_grad_(True)
         model.config.score_head_trained = True  # saved with every export: evaluation may trust the head
         patterns.append(r"score_head\..*")
